@@ -1,0 +1,125 @@
+"""Helpers for real-kernel tests: loop-backed VGs and thin pools that clean up after themselves.
+
+Tests run under ``rig/env.sh`` (inside the throwaway VM or on a server with
+dm-thin), which provides a private loop-only LVM configuration and a tmpfs
+for images in ``$LVDIFF_RIG_IMAGES``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+IMAGES = Path(os.environ.get("LVDIFF_RIG_IMAGES", "/nonexistent"))
+THIN_TOOLS = {
+    "0.9": None,  # Debian 12's C++ tools, on PATH
+    "1.1": ROOT / ".cache" / "thin-tools-1.1.0" / "usr" / "sbin",
+}
+_serial = itertools.count()
+
+
+def sh(*argv: str | int, input: bytes | None = None, check: bool = True) -> str:
+    """Run a command (argument list, no shell); fail the test with its stderr."""
+    args = [str(a) for a in argv]
+    proc = subprocess.run(args, input=input, capture_output=True, check=False)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(args)} -> exit {proc.returncode}\n{proc.stderr.decode(errors='replace')}"
+        )
+    return proc.stdout.decode(errors="replace")
+
+
+def thin_tool(generation: str, name: str) -> str:
+    """Path of `name` (thin_delta, thin_dump) from one tools generation, version-checked."""
+    folder = THIN_TOOLS[generation]
+    path = name if folder is None else str(folder / name)
+    version = sh(path, "--version").strip()
+    assert version.startswith(generation + "."), f"{path} is {version}, wanted {generation}.x"
+    return path
+
+
+@dataclass
+class LoopVG:
+    """A volume group on one loop device whose image lives on the rig's tmpfs."""
+
+    name: str
+    size_mb: int = 512
+    image: Path = field(init=False)
+    loop: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.image = IMAGES / f"{self.name}.img"
+        with open(self.image, "wb") as f:
+            f.truncate(self.size_mb << 20)
+        self.loop = sh("losetup", "-f", "--show", self.image).strip()
+        sh("vgcreate", "-q", "-s", "1m", self.name, self.loop)
+
+    def pool(self, name: str = "pool", size_mb: int = 256, chunk_kb: int = 64,
+             zero: bool = True, metadata_mb: int = 8) -> str:
+        sh("lvcreate", "-q", "--type", "thin-pool", "-L", f"{size_mb}m",
+           "--poolmetadatasize", f"{metadata_mb}m", "-c", f"{chunk_kb}k",
+           "-Z", "y" if zero else "n", "-n", name, self.name)
+        return name
+
+    def thin(self, name: str, size_mb: int, pool: str = "pool") -> str:
+        sh("lvcreate", "-q", "-T", f"{self.name}/{pool}", "-V", f"{size_mb}m", "-n", name)
+        return self.dev(name)
+
+    def snapshot(self, origin: str, name: str, activate: bool = True) -> str:
+        sh("lvcreate", "-q", "-s", "-n", name, f"{self.name}/{origin}")
+        if activate:
+            sh("lvchange", "-ay", "-K", f"{self.name}/{name}")
+        return self.dev(name)
+
+    def dev(self, lv: str) -> str:
+        return f"/dev/{self.name}/{lv}"
+
+    def thin_id(self, lv: str) -> int:
+        out = sh("lvs", "--noheadings", "-o", "thin_id", f"{self.name}/{lv}")
+        return int(out.strip())
+
+    def tpool(self, pool: str = "pool") -> str:
+        return f"{self.name.replace('-', '--')}-{pool.replace('-', '--')}-tpool"
+
+    def tmeta(self, pool: str = "pool") -> str:
+        return f"/dev/mapper/{self.name.replace('-', '--')}-{pool.replace('-', '--')}_tmeta"
+
+    def held_metadata_root(self, pool: str = "pool") -> str:
+        """Field 4 of the thin-pool status: '-' when no metadata snapshot is held."""
+        return sh("dmsetup", "status", self.tpool(pool)).split()[6]
+
+    def remove(self) -> None:
+        sh("vgremove", "-ff", "-y", self.name, check=False)
+        sh("losetup", "-d", self.loop, check=False)
+        self.image.unlink(missing_ok=True)
+
+
+def new_vg_name(prefix: str = "vg") -> str:
+    return f"lvdt{prefix}{os.getpid()}x{next(_serial)}"
+
+
+def write_at(dev: str, offset: int, data: bytes) -> None:
+    """Write and flush past the page cache, so thin metadata sees the blocks."""
+    fd = os.open(dev, os.O_WRONLY)
+    try:
+        os.pwrite(fd, data, offset)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def discard(dev: str, offset: int, length: int) -> None:
+    sh("blkdiscard", "-o", offset, "-l", length, dev)
+
+
+def sha256_of(dev: str) -> str:
+    h = hashlib.sha256()
+    with open(dev, "rb", buffering=0) as f:
+        while chunk := f.read(4 << 20):
+            h.update(chunk)
+    return h.hexdigest()
