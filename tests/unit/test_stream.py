@@ -1,0 +1,974 @@
+"""Tests for lvdiff.stream: round trips, and every way a hostile or damaged stream can lie.
+
+The reader guards a root process that writes onto block devices, so most of
+these tests build bad streams by hand (with valid checksums where the point is
+to reach a deeper check) and assert that the reader refuses them before
+yielding anything it should not.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import hashlib
+import io
+import json
+import random
+import struct
+import time
+import tracemalloc
+import zlib
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from lvdiff.errors import CorruptStream, StreamError, TruncatedStream, UnsupportedStream
+from lvdiff.stream import (
+    MAGIC,
+    MAX_DATA_LEN,
+    MAX_HEADER_LEN,
+    VERSION,
+    Header,
+    Record,
+    RecordType,
+    StreamReader,
+    StreamWriter,
+    Totals,
+    encode_data,
+    encode_zero,
+    escape_for_terminal,
+)
+
+KiB = 1024
+MiB = 1024 * KiB
+SKIPPABLE = 0x01
+ZSTD = 0x02
+
+# --------------------------------------------------------------------------- helpers
+
+
+def make_header(**overrides: Any) -> Header:
+    fields: dict[str, Any] = {
+        "kind": "full",
+        "volume_size": 1 * MiB,
+        "chunk_size": 64 * KiB,
+        "vg": "vg0",
+        "pool": "pool0",
+        "transaction_id": 7,
+        "new": {"name": "root-snap.2", "uuid": "AbCd-1234", "thin_id": 3},
+        "created": "2024-05-01T12:00:00Z",
+        "tool": "lvdiff 0.1.0",
+        "meta": [("host", "alpha"), ("note", "nightly")],
+        "compression": "zstd",
+        "detect_level": 1,
+    }
+    fields.update(overrides)
+    return Header(**fields)
+
+
+def header_dict(**overrides: Any) -> dict[str, Any]:
+    obj = make_header().to_dict()
+    obj.update(overrides)
+    return obj
+
+
+def preamble(raw_json: bytes, major: int = 1, minor: int = 0) -> bytes:
+    """Preamble + header + header CRC, with a correct CRC for whatever is given."""
+    head = MAGIC + struct.pack(">HHI", major, minor, len(raw_json)) + raw_json
+    return head + struct.pack(">I", zlib.crc32(head))
+
+
+def raw_json(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj).encode()
+
+
+def raw_record(
+    rtype: int,
+    *,
+    flags: int = 0,
+    payload: bytes = b"",
+    offset: int = 0,
+    length: int = 0,
+    reserved: int = 0,
+    stored: int | None = None,
+    pcrc: int | None = None,
+) -> bytes:
+    """A record with a valid header CRC, so the reader reaches the semantic checks."""
+    body = struct.pack(
+        ">BBHIQQI",
+        rtype,
+        flags,
+        reserved,
+        len(payload) if stored is None else stored,
+        offset,
+        length,
+        zlib.crc32(payload) if pcrc is None else pcrc,
+    )
+    return body + struct.pack(">I", zlib.crc32(body)) + payload
+
+
+def end_record(prefix: bytes, counts: tuple[int, int, int, int, int]) -> bytes:
+    payload = struct.pack(">QQQQQ", *counts) + hashlib.sha256(prefix).digest()
+    return raw_record(RecordType.END, payload=payload)
+
+
+def finish(prefix: bytes, counts: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)) -> bytes:
+    return prefix + end_record(prefix, counts)
+
+
+def consume(data: bytes) -> tuple[list[Record], StreamError | None, StreamReader | None]:
+    """Read a whole stream; return what was yielded and the error that stopped it."""
+    seen: list[Record] = []
+    reader = None
+    try:
+        reader = StreamReader(io.BytesIO(data))
+        for record in reader:
+            seen.append(record)
+    except StreamError as exc:
+        return seen, exc, reader
+    return seen, None, reader
+
+
+def refused(data: bytes, kind: type[StreamError] = StreamError) -> StreamError:
+    _seen, exc, _reader = consume(data)
+    assert exc is not None, "stream was accepted"
+    assert isinstance(exc, kind), f"expected {kind.__name__}, got {exc!r}"
+    return exc
+
+
+class Trickle(io.RawIOBase):
+    """A pipe-like reader that returns short reads, as sys.stdin.buffer on a pipe can."""
+
+    def __init__(self, data: bytes, seed: int = 0) -> None:
+        self._data = memoryview(data)
+        self._pos = 0
+        self._rng = random.Random(seed)
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        if n < 0:
+            n = len(self._data) - self._pos
+        n = min(n, self._rng.randint(1, 700))
+        chunk = bytes(self._data[self._pos : self._pos + n])
+        self._pos += len(chunk)
+        return chunk
+
+
+def build(
+    header: Header, records: list[tuple[str, int, Any]], level: int | None = 3
+) -> tuple[bytes, str, Totals, list[bytes]]:
+    """Write a stream with StreamWriter; also return each unit's bytes for position maths.
+
+    records: ("data", offset, bytes) or ("zero", offset, length).
+    """
+    buf = io.BytesIO()
+    writer = StreamWriter(buf, header)
+    units = [buf.getvalue()]
+    for kind, offset, arg in records:
+        rec = encode_data(offset, arg, level) if kind == "data" else encode_zero(offset, arg)
+        writer.write_record(rec)
+        units.append(rec)
+    digest = writer.close()
+    data = buf.getvalue()
+    units.append(data[sum(map(len, units)) :])
+    return data, digest, writer.totals, units
+
+
+def expected(records: list[tuple[str, int, Any]]) -> list[Record]:
+    out = []
+    for kind, offset, arg in records:
+        if kind == "data":
+            out.append(Record(RecordType.DATA, offset, len(arg), bytes(arg)))
+        else:
+            out.append(Record(RecordType.ZERO, offset, arg, None))
+    return out
+
+
+SMALL_RECORDS: list[tuple[str, int, Any]] = [
+    ("data", 0, b"abcd" * 256),  # compressible: stored as zstd
+    ("zero", 4096, 8192),
+    ("data", 16384, random.Random(1).randbytes(512)),  # incompressible: stored raw
+    ("zero", 65536, 512),
+]
+
+
+@pytest.fixture(scope="module")
+def small_stream() -> tuple[bytes, list[bytes]]:
+    data, _digest, _totals, units = build(make_header(), SMALL_RECORDS)
+    return data, units
+
+
+# --------------------------------------------------------------------------- round trips
+
+
+def test_small_round_trip(small_stream: tuple[bytes, list[bytes]]) -> None:
+    data, units = small_stream
+    assert units[1][1] & ZSTD and not units[3][1] & ZSTD  # one of each storage form
+    seen, exc, reader = consume(data)
+    assert exc is None and reader is not None
+    assert seen == expected(SMALL_RECORDS)
+    assert reader.header == make_header()
+    assert reader.version == VERSION
+    assert reader.complete
+    assert reader.sha256 == hashlib.sha256(data).hexdigest()
+    assert reader.totals == Totals(2, 2, 1024 + 512, 8192 + 512, len(units[1]) - 32 + 512)
+
+
+def test_short_reads_from_a_pipe(small_stream: tuple[bytes, list[bytes]]) -> None:
+    data, _units = small_stream
+    for seed in range(5):
+        reader = StreamReader(Trickle(data, seed))
+        assert list(reader) == expected(SMALL_RECORDS)
+        assert reader.sha256 == hashlib.sha256(data).hexdigest()
+
+
+names = st.from_regex(r"[A-Za-z0-9+_.][A-Za-z0-9+_.-]{0,30}", fullmatch=True).filter(
+    lambda s: s not in (".", "..")
+)
+volume_refs = st.fixed_dictionaries(
+    {"name": names, "uuid": st.text(max_size=40), "thin_id": st.integers(0, 2**24)}
+)
+json_scalars = st.none() | st.booleans() | st.integers(-(2**63), 2**64) | st.text(max_size=10)
+fingerprints = st.none() | st.dictionaries(
+    st.text(max_size=8), json_scalars | st.lists(json_scalars, max_size=3), max_size=4
+)
+
+
+@st.composite
+def headers(draw: st.DrawFn, volume_size: int) -> Header:
+    kind = draw(st.sampled_from(["full", "incremental"]))
+    incremental = kind == "incremental"
+    extra_keys = st.text(max_size=10).filter(lambda k: k not in make_header().to_dict())
+    return Header(
+        kind=kind,
+        volume_size=volume_size,
+        base_size=draw(st.integers(0, 2**40).map(lambda n: n * 512))
+        if incremental
+        else draw(st.none() | st.integers(0, 2**40).map(lambda n: n * 512)),
+        chunk_size=512 << draw(st.integers(0, 21)),
+        vg=draw(names),
+        pool=draw(names),
+        transaction_id=draw(st.integers(0, 2**64 - 1)),
+        base=draw(volume_refs) if incremental else None,
+        new=draw(volume_refs),
+        created=draw(st.sampled_from(["2024-05-01T12:00:00Z", "2030-12-31T23:59:59+00:00"])),
+        tool=draw(st.text(max_size=30)),
+        meta=draw(st.lists(st.tuples(st.text(max_size=20), st.text(max_size=20)), max_size=6)),
+        compression=draw(st.sampled_from(["zstd", "none"])),
+        detect_level=draw(st.integers(0, 3)),
+        base_fingerprint=draw(fingerprints),
+        new_fingerprint=draw(fingerprints),
+        extra=draw(st.dictionaries(extra_keys, json_scalars, max_size=3)),
+    )
+
+
+@st.composite
+def record_plans(draw: st.DrawFn) -> tuple[list[tuple[str, int, Any]], int]:
+    """Records in increasing order with random gaps, and a volume size that holds them."""
+    rng = random.Random(draw(st.integers(0, 2**32)))
+    records: list[tuple[str, int, Any]] = []
+    pos = 0
+    for _ in range(draw(st.integers(0, 12))):
+        pos += 512 * draw(st.sampled_from([0, 0, 1, 7, 64]))
+        size = 512 * draw(st.integers(1, 64))
+        kind = draw(st.sampled_from(["random", "pattern", "zeros", "zero"]))
+        if kind == "zero":
+            records.append(("zero", pos, size))
+        elif kind == "random":
+            records.append(("data", pos, rng.randbytes(size)))
+        elif kind == "pattern":
+            records.append(("data", pos, bytes([rng.randrange(256)]) * 64 * (size // 64)))
+        else:
+            records.append(("data", pos, bytes(size)))
+        pos += size
+    volume_size = pos + 512 * draw(st.integers(0 if pos else 1, 100))
+    return records, volume_size
+
+
+@settings(max_examples=60, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@given(plan=record_plans(), data=st.data(), level=st.sampled_from([None, 1, 3, 19]))
+def test_round_trip(
+    plan: tuple[list[tuple[str, int, Any]], int], data: st.DataObject, level: int | None
+) -> None:
+    records, volume_size = plan
+    header = data.draw(headers(volume_size))
+    stream, digest, totals, _units = build(header, records, level)
+    assert digest == hashlib.sha256(stream).hexdigest()
+    trickle = data.draw(st.booleans())
+    reader = StreamReader(Trickle(stream, 1) if trickle else io.BytesIO(stream))
+    assert reader.header == header
+    assert list(reader) == expected(records)
+    assert reader.totals == totals
+    assert reader.sha256 == digest
+    data_recs = [r for r in records if r[0] == "data"]
+    assert totals.data_records == len(data_recs)
+    assert totals.data_bytes == sum(len(r[2]) for r in data_recs)
+    assert totals.zero_bytes == sum(r[2] for r in records if r[0] == "zero")
+
+
+@settings(max_examples=40, deadline=2000)
+@given(header=headers(4096))
+def test_header_json_round_trip(header: Header) -> None:
+    raw = header.to_json()
+    assert Header.from_json(raw) == header
+    assert Header.from_json(raw).to_json() == raw
+
+
+def test_unknown_header_keys_are_preserved() -> None:
+    obj = header_dict(future_field={"x": [1, 2]}, another="y")
+    header = Header.from_json(raw_json(obj))
+    assert header.extra == {"future_field": {"x": [1, 2]}, "another": "y"}
+    assert json.loads(header.to_json()) == obj
+
+
+def test_meta_order_is_kept_and_lists_accepted() -> None:
+    pairs = [["z", "1"], ["a", "2"], ["z", "3"]]
+    header = make_header(meta=pairs)
+    assert header.meta == [("z", "1"), ("a", "2"), ("z", "3")]
+    assert json.loads(header.to_json())["meta"] == pairs
+
+
+# --------------------------------------------------------------------------- encoders
+
+
+def test_encode_data_chooses_smaller_form() -> None:
+    compressible = encode_data(0, bytes(64 * KiB))
+    assert compressible[1] == ZSTD and len(compressible) < 1000
+    noise = random.Random(2).randbytes(64 * KiB)
+    raw = encode_data(512, noise)
+    assert raw[1] == 0 and raw[32:] == noise
+    assert encode_data(0, bytes(4096), None)[1] == 0
+    assert encode_data(0, memoryview(bytearray(4096))) == encode_data(0, bytes(4096))
+
+
+@pytest.mark.parametrize(
+    ("offset", "size"),
+    [(1, 512), (0, 0), (0, 100), (-512, 512), (2**63 + 512, 512), (0, MAX_DATA_LEN + 512)],
+)
+def test_encode_data_refuses_bad_ranges(offset: int, size: int) -> None:
+    with pytest.raises(ValueError):
+        encode_data(offset, bytes(max(size, 0)))
+
+
+@pytest.mark.parametrize(("offset", "length"), [(1, 512), (0, 0), (0, 513), (0, 2**64)])
+def test_encode_zero_refuses_bad_ranges(offset: int, length: int) -> None:
+    with pytest.raises(ValueError):
+        encode_zero(offset, length)
+
+
+def test_encode_data_is_thread_safe() -> None:
+    rng = random.Random(3)
+    blocks = [bytes([i]) * 1024 + rng.randbytes(1024) + bytes(30 * KiB) for i in range(64)]
+    serial = [encode_data(i * 32 * KiB, b) for i, b in enumerate(blocks)]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        for _ in range(3):
+            futures = [pool.submit(encode_data, i * 32 * KiB, b) for i, b in enumerate(blocks)]
+            assert [f.result() for f in futures] == serial
+
+
+# --------------------------------------------------------------------------- writer misuse
+
+
+def test_writer_refuses_out_of_order_and_out_of_bounds() -> None:
+    writer = StreamWriter(io.BytesIO(), make_header(volume_size=8192))
+    writer.write_record(encode_zero(1024, 1024))
+    with pytest.raises(ValueError, match="offset 1536"):
+        writer.write_record(encode_zero(1536, 512))  # overlaps
+    with pytest.raises(ValueError, match="offset 0"):
+        writer.write_record(encode_data(0, bytes(512)))  # goes backwards
+    with pytest.raises(ValueError, match="beyond"):
+        writer.write_record(encode_zero(4096, 8192))
+    with pytest.raises(ValueError):
+        writer.write_record(b"not a record" * 4)
+    writer.write_record(encode_zero(2048, 6144))  # adjacent is fine
+    assert writer.totals == Totals(0, 2, 0, 7168, 0)
+    writer.close()
+    with pytest.raises(ValueError, match="closed"):
+        writer.write_record(encode_zero(8192, 512))
+
+
+def test_writer_refuses_invalid_header() -> None:
+    with pytest.raises(ValueError, match="vg"):
+        StreamWriter(io.BytesIO(), make_header(vg="a/b"))
+    with pytest.raises(ValueError, match="base"):
+        StreamWriter(io.BytesIO(), make_header(kind="incremental", base_size=4096))
+    with pytest.raises(ValueError, match="header too large"):
+        make_header(meta=[("k", "x" * 4096)] * 300).to_json()
+
+
+def test_writer_leaves_stream_incomplete_on_error() -> None:
+    buf = io.BytesIO()
+    with pytest.raises(RuntimeError), StreamWriter(buf, make_header()) as writer:
+        writer.write_record(encode_zero(0, 512))
+        raise RuntimeError("backup failed")
+    refused(buf.getvalue(), TruncatedStream)
+    buf = io.BytesIO()
+    with StreamWriter(buf, make_header()) as writer:
+        writer.write_record(encode_zero(0, 512))
+    assert consume(buf.getvalue())[1] is None
+
+
+def test_reader_iterates_once(small_stream: tuple[bytes, list[bytes]]) -> None:
+    reader = StreamReader(io.BytesIO(small_stream[0]))
+    list(reader)
+    with pytest.raises(ValueError):
+        iter(reader)
+
+
+# --------------------------------------------------------------------------- truncation
+
+
+def test_every_truncation_is_refused(small_stream: tuple[bytes, list[bytes]]) -> None:
+    data, units = small_stream
+    ends = []  # stream position at which each yielded record is complete
+    pos = len(units[0])
+    for unit in units[1:-1]:
+        pos += len(unit)
+        ends.append(pos)
+    want = expected(SMALL_RECORDS)
+    for cut in range(len(data)):
+        seen, exc, _reader = consume(data[:cut])
+        assert isinstance(exc, TruncatedStream), (cut, exc)
+        assert "incomplete or truncated" in str(exc)
+        # Only records entirely before the cut may have been yielded.
+        assert seen == want[: sum(end <= cut for end in ends)], cut
+
+
+def test_missing_end_record_is_truncation(small_stream: tuple[bytes, list[bytes]]) -> None:
+    data, units = small_stream
+    exc = refused(data[: -len(units[-1])], TruncatedStream)
+    assert str(exc).startswith("stream ends before its END record: incomplete or truncated")
+
+
+# --------------------------------------------------------------------------- bit flips
+
+
+def test_every_bit_flip_is_caught_before_later_records(
+    small_stream: tuple[bytes, list[bytes]],
+) -> None:
+    data, units = small_stream
+    starts = []
+    pos = 0
+    for unit in units:
+        starts.append(pos)
+        pos += len(unit)
+    want = expected(SMALL_RECORDS)
+    for byte in range(len(data)):
+        # unit 0 is preamble+header; unit k (1..) is record k-1; the last is END.
+        unit = max(i for i, start in enumerate(starts) if start <= byte)
+        allowed = want[: max(unit - 1, 0)]
+        for bit in range(8):
+            damaged = bytearray(data)
+            damaged[byte] ^= 1 << bit
+            seen, exc, _reader = consume(bytes(damaged))
+            assert exc is not None, (byte, bit)
+            assert seen == allowed, (byte, bit)
+
+
+# --------------------------------------------------------------------------- preamble, header
+
+
+def test_not_an_lvdiff_stream() -> None:
+    for junk in [b"PK\x03\x04" + bytes(40), b"\x89LVDIFX\n" + bytes(40), b"x"]:
+        exc = refused(junk)
+        assert "not an lvdiff stream" in str(exc)
+        assert not isinstance(exc, TruncatedStream)
+    refused(b"", TruncatedStream)
+    refused(MAGIC[:5], TruncatedStream)
+
+
+def test_newer_major_version_refused() -> None:
+    exc = refused(preamble(make_header().to_json(), major=2, minor=3), UnsupportedStream)
+    assert "2.3" in str(exc) and "newer lvdiff" in str(exc)
+    refused(preamble(make_header().to_json(), major=0), UnsupportedStream)
+
+
+def test_newer_minor_version_accepted() -> None:
+    seen, exc, reader = consume(finish(preamble(make_header().to_json(), minor=9)))
+    assert exc is None and reader is not None and reader.version == (1, 9)
+
+
+@pytest.mark.parametrize("header_len", [MAX_HEADER_LEN + 1, 2**32 - 1])
+def test_oversized_header_refused_without_reading_it(header_len: int) -> None:
+    data = MAGIC + struct.pack(">HHI", 1, 0, header_len)
+    exc = refused(data, CorruptStream)  # not TruncatedStream: nothing more was read
+    assert "header too large" in str(exc)
+
+
+@pytest.mark.parametrize("header_len", [0, 1])
+def test_tiny_header_refused(header_len: int) -> None:
+    refused(MAGIC + struct.pack(">HHI", 1, 0, header_len) + bytes(10), CorruptStream)
+
+
+def test_header_crc_covers_the_preamble() -> None:
+    good = preamble(make_header().to_json())
+    bad = bytearray(good)
+    bad[10:12] = b"\x00\x05"  # minor version, which alone would be accepted
+    refused(bytes(bad), CorruptStream)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\xff\xfe{}",
+        b"[]",
+        b'"str"',
+        b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}",  # nesting past the recursion limit
+        b'{"a": NaN}',
+        b'{"a": 1e999}',
+        b'{"a": ' + b"9" * 5000 + b"}",
+        b"\xef\xbb\xbf{}",
+    ],
+)
+def test_malformed_header_json_refused(raw: bytes) -> None:
+    with pytest.raises(CorruptStream):
+        Header.from_json(raw)
+    refused(finish(preamble(raw)), CorruptStream)
+
+
+def test_duplicate_header_keys_refused() -> None:
+    raw = make_header().to_json()[:-1] + b',"vg":"other"}'
+    with pytest.raises(CorruptStream, match="duplicate"):
+        Header.from_json(raw)
+
+
+BAD_NAMES = [
+    "a/b",
+    "..",
+    ".",
+    "",
+    "-lead",
+    "esc\x1b[2J",
+    "nl\n",
+    "nul\x00",
+    "x" * 128,
+    "sp ace",
+    "ünï",
+    "tab\t",
+    7,
+    None,
+]
+
+
+@pytest.mark.parametrize("bad", BAD_NAMES)
+@pytest.mark.parametrize("where", ["vg", "pool", "base.name", "new.name"])
+def test_bad_names_refused(where: str, bad: Any) -> None:
+    obj = header_dict(
+        kind="incremental",
+        base_size=4096,
+        base={"name": "base", "uuid": "u", "thin_id": 1},
+    )
+    if "." in where:
+        obj[where.split(".")[0]]["name"] = bad
+    else:
+        obj[where] = bad
+    with pytest.raises(CorruptStream) as info:
+        Header.from_json(raw_json(obj))
+    message = str(info.value)
+    assert "\n" not in message and "\x1b" not in message and "\x00" not in message
+
+
+def test_good_names_accepted() -> None:
+    for name in ["a", "x" * 127, "+.", "_tmeta", "vg.0-1+_", "..."]:
+        assert Header.from_json(raw_json(header_dict(vg=name))).vg == name
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"kind": "partial"},
+        {"volume_size": 0},
+        {"volume_size": 1000},
+        {"volume_size": 2**63 + 512},
+        {"volume_size": "4096"},
+        {"volume_size": 4096.0},
+        {"volume_size": True},
+        {"base_size": 100},
+        {"chunk_size": 1536},
+        {"chunk_size": 256},
+        {"transaction_id": -1},
+        {"kind": "incremental"},  # no base
+        {"kind": "incremental", "base_size": 512, "base": None},
+        {"kind": "incremental", "base": {"name": "b", "uuid": "u", "thin_id": 1}},  # no size
+        {"base": {"name": "b", "uuid": "u", "thin_id": 1}},  # base in a full stream
+        {"new": None},
+        {"new": {"name": "n", "uuid": "u"}},
+        {"new": {"name": "n", "uuid": 5, "thin_id": 1}},
+        {"new": {"name": "n", "uuid": "u", "thin_id": True}},
+        {"created": "yesterday"},
+        {"created": "2024-05-01T12:00:00"},
+        {"created": "2024-05-01T12:00:00+02:00"},
+        {"tool": 3},
+        {"meta": {"a": "b"}},
+        {"meta": [["a"]]},
+        {"meta": [["a", 1]]},
+        {"meta": [["k", "v" * 4097]]},
+        {"meta": [["k", "v"]] * 1025},
+        {"compression": "gzip"},
+        {"detect_level": 4},
+        {"detect_level": -1},
+        {"base_fingerprint": []},
+        {"new_fingerprint": "abc"},
+    ],
+)
+def test_invalid_header_fields_refused(change: dict[str, Any]) -> None:
+    with pytest.raises(CorruptStream) as info:
+        Header.from_json(raw_json(header_dict(**change)))
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("missing", ["kind", "new", "base_fingerprint", "meta"])
+def test_missing_header_field_refused(missing: str) -> None:
+    obj = header_dict()
+    del obj[missing]
+    with pytest.raises(CorruptStream, match=missing):
+        Header.from_json(raw_json(obj))
+
+
+def test_meta_may_hold_anything_within_limits() -> None:
+    meta = [["\x1b]0;pwned\x07", "line\nbreak\x00"], ["k" * 4096, "v" * 4096]]
+    header = Header.from_json(raw_json(header_dict(meta=meta)))
+    assert header.meta == [tuple(p) for p in meta]
+
+
+# --------------------------------------------------------------------------- record checks
+
+VOLUME = 1 * MiB
+HEAD = preamble(make_header(volume_size=VOLUME).to_json())
+
+
+def zero(offset: int, length: int) -> bytes:
+    return raw_record(RecordType.ZERO, offset=offset, length=length)
+
+
+def data(offset: int, payload: bytes, **kw: Any) -> bytes:
+    return raw_record(RecordType.DATA, offset=offset, length=len(payload), payload=payload, **kw)
+
+
+@pytest.mark.parametrize(
+    ("records", "needle", "yielded"),
+    [
+        ([data(0, bytes(1024)), zero(512, 512)], "offset 512", 1),  # overlap
+        ([zero(4096, 512), data(0, bytes(512))], "offset 0", 1),  # out of order
+        ([zero(4096, 512), zero(4096, 512)], "offset 4096", 1),  # repeated
+        ([zero(VOLUME - 512, 1024)], f"offset {VOLUME - 512}", 0),  # past the end
+        ([zero(VOLUME, 512)], f"offset {VOLUME}", 0),
+        ([zero(0, 2**64 - 512)], "offset 0", 0),
+        ([zero(2**64 - 512, 512)], f"offset {2**64 - 512}", 0),
+        ([zero(2**63, 2**63)], f"offset {2**63}", 0),  # sum wraps to 0 in 64-bit
+        ([zero(512, 2**64 - 512)], "offset 512", 0),  # so does this one
+        ([zero(100, 512)], "offset 100", 0),  # unaligned
+        ([zero(0, 100)], "offset 0", 0),
+        ([zero(0, 0)], "offset 0", 0),
+        ([raw_record(RecordType.DATA, offset=0, length=0)], "offset 0", 0),
+    ],
+)
+def test_order_and_bounds(records: list[bytes], needle: str, yielded: int) -> None:
+    seen, exc, _reader = consume(HEAD + b"".join(records))
+    assert isinstance(exc, CorruptStream), exc
+    assert needle in str(exc)
+    assert len(seen) == yielded
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        raw_record(RecordType.ZERO, offset=0, length=512, flags=0x04),  # unknown flag
+        raw_record(RecordType.ZERO, offset=0, length=512, flags=0x80),
+        raw_record(RecordType.ZERO, offset=0, length=512, reserved=1),
+        raw_record(RecordType.ZERO, offset=0, length=512, payload=b"x"),  # ZERO with payload
+        raw_record(RecordType.ZERO, offset=0, length=512, flags=ZSTD),
+        raw_record(RecordType.ZERO, offset=0, length=512, pcrc=1),
+        data(0, bytes(512), stored=511),  # raw DATA whose stored length != length
+        raw_record(RecordType.DATA, offset=0, length=1024, payload=bytes(512)),
+        raw_record(RecordType.DATA, offset=0, length=MAX_DATA_LEN + 512, stored=1),
+        raw_record(RecordType.DATA, offset=0, length=512, flags=ZSTD, stored=2**32 - 1),
+        data(0, bytes(512), pcrc=0),  # payload CRC mismatch
+        raw_record(RecordType.END, offset=512, payload=bytes(72)),
+        raw_record(RecordType.END, payload=bytes(71)),
+        raw_record(RecordType.END, payload=bytes(72), flags=ZSTD),
+    ],
+)
+def test_malformed_records_refused(record: bytes) -> None:
+    seen, exc, _reader = consume(HEAD + record)
+    assert isinstance(exc, CorruptStream), exc
+    assert seen == []
+
+
+def test_huge_declared_payload_is_not_read() -> None:
+    # A DATA header claiming a 4 GiB payload must be refused from the header alone.
+    record = raw_record(RecordType.DATA, offset=0, length=512, flags=ZSTD, stored=2**32 - 1)
+    refused(HEAD + record, CorruptStream)
+
+
+def test_header_crc_mismatch() -> None:
+    record = bytearray(zero(0, 512))
+    record[-1] ^= 1
+    exc = refused(HEAD + bytes(record), CorruptStream)
+    assert "checksum" in str(exc)
+
+
+def rle_frame(total: int, *, declared: int | None = None, byte: int = 0) -> bytes:
+    """A hand-built zstd frame of RLE blocks: ``total`` bytes of ``byte``.
+
+    ``declared`` sets the frame content size field (2-byte form, 256..65791);
+    None leaves it out, as streaming compressors do.
+    """
+    if declared is None:
+        frame = bytearray(b"\x28\xb5\x2f\xfd\x00\x38")  # no FCS, 128 KiB window
+    else:
+        frame = bytearray(b"\x28\xb5\x2f\xfd\x40\x38") + (declared - 256).to_bytes(2, "little")
+    block = 128 * KiB
+    remaining = total
+    while remaining:
+        size = min(block, remaining)
+        remaining -= size
+        frame += ((size << 3) | (1 << 1) | (remaining == 0)).to_bytes(3, "little")
+        frame.append(byte)
+    return bytes(frame)
+
+
+def test_rle_frame_helper_is_valid_zstd() -> None:
+    import zstandard
+
+    dctx = zstandard.ZstdDecompressor()
+    assert dctx.stream_reader(rle_frame(300 * KiB, byte=7)).read(1 * MiB) == b"\x07" * 300 * KiB
+    frame = rle_frame(512, byte=9)
+    good = HEAD + raw_record(RecordType.DATA, flags=ZSTD, payload=frame, length=512)
+    seen, exc, _r = consume(finish(good, (1, 0, 512, 0, len(frame))))
+    assert exc is None and seen == [Record(RecordType.DATA, 0, 512, b"\x09" * 512)]
+
+
+@pytest.mark.parametrize("declared", [None, 512], ids=["no-content-size", "lying-content-size"])
+def test_decompression_bomb_refused(declared: int | None) -> None:
+    frame = rle_frame(1024 * MiB, declared=declared)  # 1 GiB of zeros in ~32 KiB
+    record = raw_record(RecordType.DATA, flags=ZSTD, payload=frame, length=512)
+    tracemalloc.start()
+    started = time.monotonic()
+    try:
+        exc = refused(finish(HEAD + record, (1, 0, 512, 0, len(frame))), CorruptStream)
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert "offset 0" in str(exc)
+    assert peak < 8 * MiB
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        rle_frame(256),  # too short
+        rle_frame(1024),  # too long, no content size
+        rle_frame(1024, declared=1024),  # content size disagrees with the record
+        rle_frame(512, declared=512)[:-1],  # frame cut short
+        rle_frame(512) + b"\x00",  # trailing byte after the frame
+        rle_frame(256) + rle_frame(256),  # two frames
+        b"\x50\x2a\x4d\x18" + (4).to_bytes(4, "little") + bytes(4),  # skippable frame
+        b"not zstd at all",
+        b"\x28\xb5\x2f\xfd",
+        b"\x28\xb5\x2f\xfd\x08\x38" + rle_frame(512)[6:],  # reserved bit
+        b"\x28\xb5\x2f\xfd\x01\x38\x07" + rle_frame(512)[6:],  # needs dictionary 7
+        b"\x28\xb5\x2f\xfd\x00\x88" + rle_frame(512)[6:],  # 128 MiB window
+    ],
+    ids=[
+        "short",
+        "long",
+        "content-size",
+        "cut",
+        "trailing",
+        "two-frames",
+        "skippable-frame",
+        "not-zstd",
+        "magic-only",
+        "reserved-bit",
+        "dictionary",
+        "huge-window",
+    ],
+)
+def test_bad_zstd_payloads_refused(payload: bytes) -> None:
+    record = raw_record(RecordType.DATA, flags=ZSTD, payload=payload, length=512)
+    seen, exc, _reader = consume(HEAD + record)
+    assert isinstance(exc, CorruptStream), exc
+    assert seen == []
+
+
+def test_unknown_mandatory_record_refused() -> None:
+    record = raw_record(0x10, offset=0, length=512, payload=b"future")
+    exc = refused(HEAD + zero(0, 512) + record, UnsupportedStream)
+    assert "unknown mandatory record type 0x10" in str(exc)
+
+
+def test_unknown_skippable_record_skipped() -> None:
+    skip = raw_record(0x33, flags=SKIPPABLE, offset=12345, length=7, payload=b"future stuff")
+    body = HEAD + zero(0, 512) + skip + zero(512, 512)
+    seen, exc, reader = consume(finish(body, (0, 2, 0, 1024, 0)))
+    assert exc is None and reader is not None
+    assert seen == [Record(RecordType.ZERO, 0, 512, None), Record(RecordType.ZERO, 512, 512, None)]
+    assert reader.totals == Totals(0, 2, 0, 1024, 0)
+
+
+def test_unknown_skippable_record_is_still_checked() -> None:
+    skip = raw_record(0x33, flags=SKIPPABLE, payload=b"future stuff", pcrc=0)
+    refused(HEAD + skip, CorruptStream)
+    big = raw_record(0x33, flags=SKIPPABLE, stored=MAX_DATA_LEN + 64 * KiB + 1)
+    refused(HEAD + big, CorruptStream)
+
+
+def test_trailing_garbage_after_end(small_stream: tuple[bytes, list[bytes]]) -> None:
+    data, _units = small_stream
+    exc = refused(data + b"\x00", CorruptStream)
+    assert "after the END" in str(exc)
+    refused(data + data, CorruptStream)
+
+
+def test_spliced_streams_refused() -> None:
+    header_a = make_header(new={"name": "a", "uuid": "ua", "thin_id": 1})
+    header_b = make_header(new={"name": "b", "uuid": "ub", "thin_id": 2})
+    stream_a, _, _, units_a = build(header_a, SMALL_RECORDS)
+    stream_b, _, _, units_b = build(header_b, SMALL_RECORDS)
+    exc = refused(units_a[0] + stream_b[len(units_b[0]) :], CorruptStream)
+    assert "spliced" in str(exc)
+    # Records of A, END of B (same records, so same counts; different header hash).
+    refused(stream_a[: -len(units_a[-1])] + units_b[-1], CorruptStream)
+
+
+def test_end_counts_must_match() -> None:
+    body = HEAD + zero(0, 512)
+    assert consume(finish(body, (0, 1, 0, 512, 0)))[1] is None
+    for counts in [(0, 2, 0, 512, 0), (0, 1, 0, 1024, 0), (1, 1, 0, 512, 0), (0, 1, 0, 512, 9)]:
+        exc = refused(finish(body, counts), CorruptStream)
+        assert "totals" in str(exc)
+
+
+def test_end_hash_must_match() -> None:
+    body = HEAD + zero(0, 512)
+    payload = struct.pack(">QQQQQ", 0, 1, 0, 512, 0) + bytes(32)
+    refused(body + raw_record(RecordType.END, payload=payload), CorruptStream)
+
+
+# --------------------------------------------------------------------------- fuzzing
+
+
+@settings(max_examples=300, deadline=1000)
+@given(st.binary(max_size=600))
+def test_fuzz_arbitrary_bytes(blob: bytes) -> None:
+    consume(blob)
+    consume(MAGIC + blob)
+    consume(HEAD + blob)
+
+
+@settings(max_examples=300, deadline=1000)
+@given(st.data())
+def test_fuzz_mutated_stream(fuzz: st.DataObject) -> None:
+    stream, _d, _t, _u = build(make_header(), SMALL_RECORDS)
+    damaged = bytearray(stream)
+    for _ in range(fuzz.draw(st.integers(1, 4))):
+        op = fuzz.draw(st.sampled_from(["set", "insert", "delete", "cut"]))
+        pos = fuzz.draw(st.integers(0, len(damaged)))
+        if op == "set" and pos < len(damaged):
+            damaged[pos] = fuzz.draw(st.integers(0, 255))
+        elif op == "insert":
+            damaged[pos:pos] = fuzz.draw(st.binary(min_size=1, max_size=40))
+        elif op == "delete":
+            del damaged[pos : pos + fuzz.draw(st.integers(1, 40))]
+        else:
+            del damaged[pos:]
+    assume(bytes(damaged) != stream)
+    seen, exc, _reader = consume(bytes(damaged))
+    assert exc is not None
+
+
+u64 = st.integers(0, 2**64 - 1) | st.integers(0, 4096).map(lambda n: n * 512)
+
+
+@settings(max_examples=400, deadline=1000)
+@given(
+    rtype=st.sampled_from([1, 2, 0x7F, 0, 3, 0x80, 0xFF]),
+    flags=st.integers(0, 3) | st.integers(0, 255),
+    reserved=st.just(0) | st.integers(0, 2**16 - 1),
+    offset=u64,
+    length=u64,
+    payload=st.binary(max_size=1100) | st.sampled_from([bytes(512), rle_frame(512)]),
+    stored_delta=st.just(0) | st.integers(-5, 5),
+    bad_crc=st.booleans(),
+    then_end=st.booleans(),
+)
+def test_fuzz_record_fields_with_valid_crc(
+    rtype: int,
+    flags: int,
+    reserved: int,
+    offset: int,
+    length: int,
+    payload: bytes,
+    stored_delta: int,
+    bad_crc: bool,
+    then_end: bool,
+) -> None:
+    record = raw_record(
+        rtype,
+        flags=flags,
+        reserved=reserved,
+        offset=offset,
+        length=length,
+        payload=payload,
+        stored=max(0, len(payload) + stored_delta),
+        pcrc=0xDEADBEEF if bad_crc else None,
+    )
+    body = HEAD + zero(0, 512) + record
+    consume(body + end_record(body, (0, 1, 0, 512, 0)) if then_end else body)
+
+
+json_values = st.recursive(
+    json_scalars | st.floats(allow_nan=False, allow_infinity=False),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=1000)
+@given(field=st.sampled_from(sorted(header_dict())), value=json_values, nested=st.booleans())
+def test_fuzz_header_fields(field: str, value: Any, nested: bool) -> None:
+    obj = header_dict()
+    if nested and isinstance(obj[field], dict):
+        obj[field]["name" if "name" in obj[field] else "x"] = value
+    else:
+        obj[field] = value
+    raw = raw_json(obj)
+    with contextlib.suppress(CorruptStream):
+        Header.from_json(raw)
+    consume(finish(preamble(raw)))
+
+
+# --------------------------------------------------------------------------- terminal safety
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("plain text", "plain text"),
+        ("\x1b[2J\x1b]0;title\x07", "\\x1b[2J\\x1b]0;title\\x07"),
+        ("a\nb\r\tc", "a\\nb\\r\\tc"),
+        ("nul\x00", "nul\\x00"),
+        ("csi\x9b31m", "csi\\x9b31m"),  # C1 control, a one-byte CSI on some terminals
+        ("del\x7f", "del\\x7f"),
+        ("rtl\u202eevil", "rtl\\u202eevil"),  # bidi override
+        ("zw\u200bsp", "zw\\u200bsp"),
+        ("back\\slash", "back\\\\slash"),
+        ("héllo wörld ✓ 日本 😀", "héllo wörld ✓ 日本 😀"),
+    ],
+)
+def test_escape_for_terminal(text: str, shown: str) -> None:
+    assert escape_for_terminal(text) == shown
+
+
+@given(st.text())
+def test_escape_for_terminal_output_is_printable(text: str) -> None:
+    shown = escape_for_terminal(text)
+    assert all(ch == " " or ch.isprintable() for ch in shown)
