@@ -1,0 +1,77 @@
+"""thin_delta output of both tool generations, parsed as a stream."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lvdiff.errors import UsageError
+from lvdiff.thindelta import DeltaParseError, DeltaRange, DeltaStream, parse_version
+
+DATA = Path(__file__).parent / "data"
+RECORDED = [  # real output of the rig test's layout, both generations
+    ("same", 0, 1), ("different", 1, 2), ("right_only", 3, 1), ("left_only", 100, 2)]
+
+
+def parse(raw: bytes, piece: int = 7) -> tuple[DeltaStream, list[DeltaRange]]:
+    d = DeltaStream(raw[i:i + piece] for i in range(0, len(raw), piece))
+    return d, list(d.ranges())
+
+
+@pytest.mark.parametrize("name", ["thin_delta-0.9.0.xml", "thin_delta-0.9.0-verbose.xml",
+                                  "thin_delta-1.1.0.xml"])
+def test_recorded_outputs(name):
+    d, ranges = parse((DATA / name).read_bytes())
+    assert d.superblock is not None
+    assert d.superblock.chunk_bytes == 64 * 1024
+    assert (d.superblock.left, d.superblock.right, d.superblock.transaction) == (1, 2, 2)
+    assert [(r.kind, r.begin, r.length) for r in ranges] == RECORDED
+
+
+def test_attributes_in_any_order_and_flags():
+    d, ranges = parse((DATA / "thin_delta-reordered-attrs.xml").read_bytes(), piece=3)
+    assert d.superblock.data_block_size == 256 and d.superblock.left == 8
+    assert [(r.kind, r.begin, r.length) for r in ranges] == [("left_only", 0, 5),
+                                                              ("same", 5, 3)]
+
+
+def test_memory_stays_flat_on_many_ranges():
+    n = 200_000
+    body = "".join(f'<different begin="{2 * i}" length="1"/>' for i in range(n))
+    raw = f'<superblock data_block_size="128"><diff left="1" right="2">{body}</diff>' \
+          f'</superblock>'.encode()
+    d = DeltaStream(raw[i:i + 65536] for i in range(0, len(raw), 65536))
+    begins = []
+    for r in d.ranges():
+        begins.append(r.begin)
+        # the tree holds at most the elements of one 64 KiB read, never all of them
+        assert len(d._stack) <= 3 and all(len(e) <= 2000 for e in d._stack)
+    assert begins == list(range(0, 2 * n, 2))
+
+
+@pytest.mark.parametrize("raw", [
+    b"",
+    b"<superblock>",
+    b'<superblock data_block_size="128"><diff left="1"></diff></superblock>',
+    b'<superblock data_block_size="x"><diff left="1" right="2"/></superblock>',
+])
+def test_bad_headers(raw):
+    with pytest.raises(DeltaParseError):
+        parse(raw)
+
+
+def test_out_of_order_and_broken_xml():
+    raw = (b'<superblock data_block_size="128"><diff left="1" right="2">'
+           b'<same begin="5" length="2"/><different begin="6" length="1"/></diff></superblock>')
+    with pytest.raises(DeltaParseError, match="out of order"):
+        parse(raw)
+    with pytest.raises(DeltaParseError, match="not valid XML"):
+        parse(b'<superblock data_block_size="128"><diff left="1" right="2"><same begin=')
+
+
+def test_versions():
+    assert parse_version("0.9.0\n") == (0, 9, 0)
+    assert parse_version("thin_delta 1.1.0") == (1, 1, 0)
+    with pytest.raises(UsageError):
+        parse_version("unknown")
