@@ -1,0 +1,135 @@
+"""Block-device I/O: exact reads and writes, size, discard, cache control.
+
+Thin wrappers over os/fcntl calls, kept together so the engines above deal in
+offsets and bytes only.  pread/pwrite release the GIL, so worker threads can
+read while another thread compresses or writes.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import stat
+import struct
+from pathlib import Path
+
+from .errors import LvdiffError
+
+BLKGETSIZE64 = 0x80081272
+BLKDISCARD = 0x1277
+BLKZEROOUT = 0x127F
+
+
+class DeviceError(LvdiffError):
+    """An I/O error on a volume, reported with the device and offset."""
+
+
+class NoSpace(DeviceError):
+    """The target ran out of space (a full thin pool fails writes with ENOSPC)."""
+
+
+def _io_error(e: OSError, what: str, path: str, offset: int) -> DeviceError:
+    cls = NoSpace if e.errno == errno.ENOSPC else DeviceError
+    return cls(f"{what} {path} at byte {offset}: {os.strerror(e.errno or 0)}")
+
+
+class BlockDevice:
+    """An open block device (or, for tests and --in-place, a regular file)."""
+
+    def __init__(self, path: str, writable: bool = False, exclusive: bool = False) -> None:
+        self.path = path
+        flags = os.O_RDWR if writable else os.O_RDONLY
+        if exclusive:
+            # On a block device O_EXCL fails with EBUSY while it is mounted or
+            # claimed by device-mapper: we never write under a live filesystem.
+            flags |= os.O_EXCL
+        try:
+            self.fd = os.open(path, flags | os.O_CLOEXEC)
+        except OSError as e:
+            if e.errno == errno.EBUSY:
+                raise DeviceError(f"{path} is in use (mounted or held open exclusively)") from None
+            raise DeviceError(f"cannot open {path}: {e.strerror}") from None
+        st = os.fstat(self.fd)
+        self.is_block = stat.S_ISBLK(st.st_mode)
+        self.rdev = st.st_rdev if self.is_block else None
+        if self.is_block:
+            buf = fcntl.ioctl(self.fd, BLKGETSIZE64, b"\0" * 8)
+            self.size = struct.unpack("Q", buf)[0]
+        else:
+            self.size = st.st_size
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> BlockDevice:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Exactly ``length`` bytes; a short read inside the device is an error."""
+        try:
+            data = os.pread(self.fd, length, offset)
+            if len(data) == length:
+                return data
+            parts = [data]
+            got = len(data)
+            while got < length:
+                more = os.pread(self.fd, length - got, offset + got)
+                if not more:
+                    raise DeviceError(f"{self.path}: unexpected end at byte {offset + got}")
+                parts.append(more)
+                got += len(more)
+            return b"".join(parts)
+        except OSError as e:
+            raise _io_error(e, "read error on", self.path, offset) from None
+
+    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        done = 0
+        try:
+            while done < len(view):
+                done += os.pwrite(self.fd, view[done:], offset + done)
+        except OSError as e:
+            raise _io_error(e, "write error on", self.path, offset + done) from None
+
+    def discard(self, offset: int, length: int) -> None:
+        try:
+            fcntl.ioctl(self.fd, BLKDISCARD, struct.pack("QQ", offset, length))
+        except OSError as e:
+            raise _io_error(e, "discard failed on", self.path, offset) from None
+
+    def zeroout(self, offset: int, length: int) -> None:
+        """Make a range read as zeros on a device that is not thin (BLKZEROOUT)."""
+        try:
+            fcntl.ioctl(self.fd, BLKZEROOUT, struct.pack("QQ", offset, length))
+        except OSError as e:
+            raise _io_error(e, "zeroing failed on", self.path, offset) from None
+
+    def sync(self) -> None:
+        try:
+            os.fsync(self.fd)
+        except OSError as e:
+            raise _io_error(e, "flush failed on", self.path, 0) from None
+
+    def drop_cache(self) -> None:
+        """Forget cached pages, so verification reads what reached the device."""
+        os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+    def _queue_attr(self, name: str) -> int:
+        if self.rdev is None:
+            return 0
+        p = Path(f"/sys/dev/block/{os.major(self.rdev)}:{os.minor(self.rdev)}/queue/{name}")
+        try:
+            return int(p.read_text().strip())
+        except (OSError, ValueError):
+            return 0
+
+    @property
+    def discard_max_bytes(self) -> int:
+        """0 when the device does not take discards (e.g. a pool with discards=ignore)."""
+        return self._queue_attr("discard_max_bytes")

@@ -1,0 +1,202 @@
+"""Command-line front ends: argument parsing, messages and exit codes only.
+
+All work happens in :mod:`lvdiff.dump` and :mod:`lvdiff.apply`, which other
+programs can call directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from . import __version__
+from .apply import ApplyOptions, apply_stream
+from .dump import DumpOptions, dump
+from .errors import LvdiffError, UsageError
+from .lvm import parse_lv_spec
+from .stream import Header, escape_for_terminal
+
+EXIT_CODES = """\
+exit status:
+  0    success
+  1    runtime failure (I/O error, pool full, LVM or device-mapper state)
+  2    usage error (bad arguments, not root, missing tools, volume not found)
+  3    bad stream: truncated, corrupt, hostile or from a newer major version
+  4    the target is not the stream's base (base check failed)
+  5    the written volume failed verification against NEW's fingerprint
+  6    an lvm, dmsetup or thin_delta command failed (its command line and stderr shown)
+  130  interrupted (SIGINT/SIGTERM); everything was cleaned up
+"""
+
+
+def _parse_meta(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition(":")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY:VALUE")
+    return key, value
+
+
+def _level(text: str) -> int:
+    if text not in ("0", "1", "2", "3"):
+        raise argparse.ArgumentTypeError(f"detect level must be 0, 1, 2 or 3, not {text!r}")
+    return int(text)
+
+
+def lvdiff_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lvdiff",
+        description="Write the blocks in which thin volume NEW differs from BASE (both in one "
+                    "thin pool) as a verifiable stream; with NEW alone, a full stream.",
+        epilog="Volumes are LV (with -g VG), VG/LV or /dev/VG/LV. A volume that is active and "
+               "writable is read through a temporary thin snapshot, so a mounted volume "
+               "gives a consistent point in time.\n\n" + EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("volumes", nargs="+", metavar="BASE NEW",
+                   help="older volume then newer (as in diff OLD NEW), or NEW alone")
+    p.add_argument("-g", "--vg", help="volume group of volumes given by bare LV name")
+    p.add_argument("-p", "--pool", help="thin pool the volumes must be in")
+    p.add_argument("-d", "--detect-level", type=_level, default=2, metavar="0..3",
+                   help="base check: 0 none, 1 head chunk, 2 head plus 64 random mapped "
+                        "chunks (default), 3 every chunk")
+    p.add_argument("--meta", "--pair", action="append", type=_parse_meta, default=[],
+                   metavar="KEY:VALUE", help="record a key:value pair (repeatable; split at "
+                                             "the first colon)")
+    p.add_argument("-o", "--output", type=Path, help="write the stream to FILE, not stdout")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="show progress on stderr (default: when stderr is a terminal)")
+    p.add_argument("--version", action="version", version=f"lvdiff {__version__}")
+    return p
+
+
+def lvpatch_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lvpatch",
+        description="Rebuild a volume from an lvdiff stream read on stdin: as a new thin "
+                    "snapshot NAME of BASE (incremental stream), or a new thin volume NAME "
+                    "in POOL (full stream). BASE is left untouched; on any failure NAME is "
+                    "removed.",
+        epilog="NAME defaults to the name of NEW recorded in the stream.\n\n" + EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("name", nargs="?", metavar="NAME", help="volume to create")
+    p.add_argument("-g", "--vg", "--lvgroup", required=True, help="volume group")
+    p.add_argument("-l", "--lv", metavar="BASE", help="volume equal to the stream's base")
+    p.add_argument("-p", "--pool", help="thin pool for a full stream")
+    p.add_argument("-i", "--input", type=Path, help="read the stream from FILE, not stdin")
+    p.add_argument("--no-base-check", action="store_true",
+                   help="do not verify that BASE is the stream's base before writing")
+    p.add_argument("--in-place", action="store_true",
+                   help="write into the -l volume itself (for a target that is not thin). "
+                        "NOT ATOMIC: a failure leaves it half-written")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--version", action="version", version=f"lvpatch {__version__}")
+    return p
+
+
+def _fail(prog: str, err: BaseException) -> NoReturn:
+    msg = " ".join(str(err).split()) or type(err).__name__
+    print(f"{prog}: error: {msg}", file=sys.stderr)
+    sys.exit(getattr(err, "exit_code", 1))
+
+
+def _run(prog: str, body: Callable[[], int]) -> int:
+    def on_term(_sig: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        if os.geteuid() != 0:
+            raise UsageError(f"{prog} must run as root: it reads and writes LVM volumes "
+                             "and device-mapper metadata")
+        return body()
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; cleaned up", file=sys.stderr)
+        return 130
+    except LvdiffError as e:
+        _fail(prog, e)
+    except OSError as e:
+        _fail(prog, e)
+
+
+def lvdiff_main(argv: Sequence[str] | None = None) -> int:
+    args = lvdiff_parser().parse_args(argv)
+    if len(args.volumes) > 2:
+        lvdiff_parser().error("give BASE NEW, or NEW alone")
+
+    def body() -> int:
+        *base, new = [parse_lv_spec(v, args.vg) for v in args.volumes]
+        opts = DumpOptions(level=args.detect_level, meta=args.meta,
+                           thin_delta=os.environ.get("LVDIFF_THIN_DELTA", "thin_delta"),
+                           progress=sys.stderr.isatty() if args.progress is None
+                           else args.progress)
+        if args.output is None:
+            if sys.stdout.isatty():
+                raise UsageError("refusing to write a binary stream to a terminal; "
+                                 "redirect stdout or use -o FILE")
+            result = dump(new, base[0] if base else None, sys.stdout.buffer, args.pool, opts)
+            sys.stdout.buffer.flush()
+            where = "-"
+        else:
+            where = str(args.output)
+            try:
+                with open(args.output, "xb") as out:
+                    result = dump(new, base[0] if base else None, out, args.pool, opts)
+            except FileExistsError:
+                raise UsageError(f"{args.output} exists; not overwriting it") from None
+            except BaseException:
+                args.output.unlink(missing_ok=True)
+                raise
+        t = result.totals
+        print(f"lvdiff: {t.data_records} data records ({t.data_bytes} bytes, "
+              f"{t.stored_bytes} stored), {t.zero_records} zero ranges ({t.zero_bytes} bytes)",
+              file=sys.stderr)
+        print(f"{result.sha256}  {where}", file=sys.stderr)
+        return 0
+
+    return _run("lvdiff", body)
+
+
+def describe(h: Header) -> str:
+    """What lvpatch is about to restore, with every stream-supplied text escaped."""
+    e = escape_for_terminal
+    src = f"{e(h.vg)}/{e(h.new['name'])}"
+    lines = [f"lvpatch: restoring {src} ({h.kind}"
+             + (f" from {e(h.vg)}/{e(h.base['name'])})" if h.base else ")"),
+             f"  source pool {e(h.vg)}/{e(h.pool)}, size {h.volume_size} bytes, "
+             f"chunk {h.chunk_size} bytes",
+             f"  created {e(h.created)} by {e(h.tool)}, base check level {h.detect_level}"]
+    lines += [f"  {e(k)}: {e(v)}" for k, v in h.meta]
+    return "\n".join(lines)
+
+
+def lvpatch_main(argv: Sequence[str] | None = None) -> int:
+    args = lvpatch_parser().parse_args(argv)
+
+    def body() -> int:
+        opts = ApplyOptions(base_check=not args.no_base_check, in_place=args.in_place,
+                            progress=bool(args.progress))
+        if args.input is not None:
+            try:
+                inp = open(args.input, "rb")  # noqa: SIM115
+            except OSError as err:
+                raise UsageError(f"cannot read {args.input}: {err.strerror}") from None
+        else:
+            if sys.stdin.isatty():
+                raise UsageError("the stream comes on stdin: lvpatch ... < stream")
+            inp = sys.stdin.buffer
+        with inp:
+            res = apply_stream(inp, args.vg, base=args.lv, pool=args.pool, name=args.name,
+                               options=opts,
+                               announce=lambda h: print(describe(h), file=sys.stderr))
+        print(f"lvpatch: {res.target} restored and verified "
+              f"({res.totals.data_bytes} bytes written, {res.totals.zero_bytes} zeroed)",
+              file=sys.stderr)
+        print(f"{res.sha256}  stream", file=sys.stderr)
+        return 0
+
+    return _run("lvpatch", body)

@@ -1,0 +1,232 @@
+"""The lvdiff engine: from two thin volumes (or one) to a stream.
+
+Order of work, every step undone on every exit path by one ExitStack:
+lock the pool; take point-in-time snapshots of writable volumes; reserve the
+pool's metadata snapshot; fingerprint BASE and NEW; then stream the changed
+extents through a bounded pipeline (reads and compression in worker threads,
+one ordered writer).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import BinaryIO
+
+from . import __version__, lvm
+from . import fingerprint as fpr
+from .blockdev import BlockDevice
+from .errors import LvdiffError, UsageError
+from .plan import ZERO, Extent, plan
+from .stream import Header, StreamWriter, Totals, encode_data, encode_zero
+from .thindelta import DeltaRange, check_version, thin_delta
+
+ZERO_GRAIN = 64 * 1024  # finest unit at which all-zero data is sent as ZERO
+MAPPED_KINDS = {"left": ("same", "different", "left_only"),
+                "right": ("same", "different", "right_only")}
+
+
+@dataclass
+class DumpOptions:
+    level: int = 2
+    meta: list[tuple[str, str]] = field(default_factory=list)
+    thin_delta: str = "thin_delta"
+    workers: int = max(2, min(8, os.cpu_count() or 2))
+    zstd_level: int | None = 3
+    progress: bool = False
+
+
+@dataclass
+class DumpResult:
+    header: Header
+    sha256: str
+    totals: Totals
+
+
+def dump(new: tuple[str, str], base: tuple[str, str] | None, out: BinaryIO,
+         pool: str | None = None, options: DumpOptions | None = None) -> DumpResult:
+    """Write the stream that turns BASE into NEW (or a full stream of NEW)."""
+    opt = options or DumpOptions()
+    if opt.level not in (0, 1, 2, 3):
+        raise UsageError(f"detect level must be 0..3, not {opt.level}")
+    check_version(opt.thin_delta)
+    new_lv = lvm.get_thin(*new)
+    base_lv = lvm.get_thin(*base) if base else None
+    if base_lv and (base_lv.vg, base_lv.pool) != (new_lv.vg, new_lv.pool):
+        raise UsageError(f"{base_lv.full_name} (pool {base_lv.pool}) and {new_lv.full_name} "
+                         f"(pool {new_lv.pool}) are not in one thin pool")
+    if pool and new_lv.pool != pool:
+        raise UsageError(f"{new_lv.full_name} is in pool {new_lv.pool}, not {pool}")
+    vg, pool_name = new_lv.vg, new_lv.pool
+    pool_lv = lvm.get_lv(vg, pool_name)
+    chunk = pool_lv.chunk_size
+
+    with ExitStack() as stack:
+        stack.enter_context(lvm.pool_lock(vg, pool_name))
+        src_new = _point_in_time(stack, new_lv)
+        src_base = _point_in_time(stack, base_lv) if base_lv else None
+        meta_dev = stack.enter_context(lvm.metadata_snapshot(vg, pool_name))
+        new_dev = stack.enter_context(BlockDevice(src_new.dev))
+        snap1 = src_base.thin_id if src_base else src_new.thin_id
+        assert snap1 is not None and src_new.thin_id is not None
+
+        def mapped(side: str) -> Callable[[], Iterator[tuple[int, int]]]:
+            def spans() -> Iterator[tuple[int, int]]:
+                with thin_delta(opt.thin_delta, meta_dev, snap1, src_new.thin_id) as d:
+                    yield from _spans(d.ranges(), MAPPED_KINDS[side], chunk)
+            return spans
+
+        unit = fpr.unit_for(chunk)
+        seed = secrets.randbits(63)
+        base_fp = None
+        if src_base:
+            with BlockDevice(src_base.dev) as base_dev:
+                base_fp = fpr.compute(opt.level, base_dev.read, src_base.size, unit, seed,
+                                      mapped("left"))
+        new_fp = fpr.compute(opt.level, new_dev.read, src_new.size, unit, seed,
+                             mapped("right"))
+
+        header = Header(
+            kind="incremental" if base_lv else "full",
+            volume_size=new_lv.size,
+            base_size=base_lv.size if base_lv else None,
+            chunk_size=chunk,
+            vg=vg,
+            pool=pool_name,
+            transaction_id=pool_lv.transaction_id or 0,
+            base=_identity(base_lv) if base_lv else None,
+            new=_identity(new_lv),
+            created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            tool=f"lvdiff {__version__}",
+            meta=[[k, v] for k, v in opt.meta],
+            compression="zstd" if opt.zstd_level is not None else "none",
+            detect_level=opt.level,
+            base_fingerprint=base_fp.to_dict() if base_fp else None,
+            new_fingerprint=new_fp.to_dict() if new_fp else None,
+        )
+        writer = StreamWriter(out, header)
+        with thin_delta(opt.thin_delta, meta_dev, snap1, src_new.thin_id) as delta:
+            sb = delta.superblock
+            assert sb is not None
+            if sb.chunk_bytes != chunk:
+                raise LvdiffError(f"thin_delta reports {sb.chunk_bytes}-byte chunks, "
+                                  f"lvs {chunk}")
+            extents = plan(delta.ranges(), chunk, new_lv.size,
+                           base_lv.size if base_lv else None)
+            send(extents, new_dev, writer, opt)
+        digest = writer.close()
+        return DumpResult(header, digest, writer.totals)
+
+
+def _identity(lv: lvm.LV) -> dict[str, object]:
+    return {"name": lv.name, "uuid": lv.uuid, "thin_id": lv.thin_id}
+
+
+def _spans(ranges: Iterable[DeltaRange], kinds: tuple[str, ...], chunk: int
+           ) -> Iterator[tuple[int, int]]:
+    """Merged mapped byte spans of one side of a delta."""
+    cur: list[int] | None = None
+    for r in ranges:
+        if r.kind not in kinds:
+            continue
+        s, e = r.begin * chunk, r.end * chunk
+        if cur and cur[1] == s:
+            cur[1] = e
+        else:
+            if cur:
+                yield cur[0], cur[1]
+            cur = [s, e]
+    if cur:
+        yield cur[0], cur[1]
+
+
+def _point_in_time(stack: ExitStack, lv: lvm.LV) -> lvm.LV:
+    """A read-only view of ``lv`` that cannot change while we read it.
+
+    A volume that is active and writable (mounted, in use) gets a temporary
+    thin snapshot, removed at the end; anything else is activated if needed
+    and its activation put back as it was.
+    """
+    if lv.active and lv.writable:
+        name = f"lvdiff_{os.getpid()}_{lv.name}"[:120]
+        snap = lvm.create_snapshot(lv, name, tags=(lvm.TAG_TEMP,))
+        stack.callback(lvm.remove, snap)
+        lvm.activate(snap)
+        return lvm.get_thin(snap.vg, snap.name)
+    if lvm.activate(lv):
+        stack.callback(lvm.deactivate, lv)
+        return lvm.get_thin(lv.vg, lv.name)
+    return lv
+
+
+def encode_extent(offset: int, data: bytes, zstd_level: int | None,
+                  grain: int = ZERO_GRAIN) -> list[bytes]:
+    """Records for one read: runs of all-zero grains become ZERO records."""
+    zero = bytes(grain)
+    out: list[bytes] = []
+    n = len(data)
+    i = 0
+    while i < n:
+        is_zero = data[i:i + grain] == zero[: min(grain, n - i)]
+        j = i + grain
+        while j < n and (data[j:j + grain] == zero[: min(grain, n - j)]) == is_zero:
+            j += grain
+        j = min(j, n)
+        if is_zero:
+            out.append(encode_zero(offset + i, j - i))
+        else:
+            out.append(encode_data(offset + i, memoryview(data)[i:j], zstd_level))
+        i = j
+    return out
+
+
+def send(extents: Iterable[Extent], dev: BlockDevice, writer: StreamWriter,
+         opt: DumpOptions) -> None:
+    """Bounded pipeline: worker threads read and compress, this thread writes in order."""
+    depth = opt.workers * 2
+    progress = _progress(opt.progress)
+
+    def work(e: Extent) -> list[bytes]:
+        return encode_extent(e.offset, dev.read(e.offset, e.length), opt.zstd_level)
+
+    def emit(item: Future[list[bytes]] | list[bytes]) -> None:
+        records = item.result() if isinstance(item, Future) else item
+        for rec in records:
+            writer.write_record(rec)
+        progress(records)
+
+    ex = ThreadPoolExecutor(opt.workers, thread_name_prefix="lvdiff-read")
+    try:
+        queue: deque[Future[list[bytes]] | list[bytes]] = deque()
+        for e in extents:
+            queue.append([encode_zero(e.offset, e.length)] if e.kind == ZERO
+                         else ex.submit(work, e))
+            while len(queue) > depth:
+                emit(queue.popleft())
+        while queue:
+            emit(queue.popleft())
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)
+    progress(None)
+
+
+def _progress(enabled: bool) -> Callable[[list[bytes] | None], None]:
+    if not enabled:
+        return lambda _records: None
+    from tqdm import tqdm
+
+    bar = tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc="lvdiff", file=sys.stderr)
+
+    def update(records: list[bytes] | None) -> None:
+        if records is None:
+            bar.close()
+        else:
+            bar.update(sum(len(r) for r in records))
+    return update

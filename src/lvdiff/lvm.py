@@ -1,0 +1,261 @@
+"""Queries and changes to LVM and device-mapper, through their own commands.
+
+Commands run with argument lists (never a shell); ``lvs`` output is read as
+JSON.  Every failure raises CommandFailed carrying the command line and the
+tool's stderr, which is what an administrator needs to act on it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import CommandFailed, LvdiffError, UsageError
+
+TAG_INCOMPLETE = "lvdiff_incomplete"  # on a target until lvpatch commits it
+TAG_TEMP = "lvdiff_temp"  # on lvdiff's point-in-time snapshots
+LOCK_DIR = Path("/run/lock/lvdiff")
+_NAME_RE = re.compile(r"^[A-Za-z0-9+_.][A-Za-z0-9+_.-]*$")
+
+LV_FIELDS = ("vg_name,lv_name,lv_uuid,lv_attr,lv_size,segtype,pool_lv,thin_id,lv_tags,"
+             "chunk_size,discards,zero,transaction_id,lv_active")
+
+
+def run(argv: list[str], input: bytes | None = None) -> str:
+    env = dict(os.environ, LC_ALL="C", LVM_SUPPRESS_FD_WARNINGS="1")
+    try:
+        proc = subprocess.run(argv, input=input, capture_output=True, env=env, check=False)
+    except FileNotFoundError:
+        raise UsageError(f"{argv[0]} not found: install lvm2 (and thin-provisioning-tools)") \
+            from None
+    if proc.returncode != 0:
+        raise CommandFailed(argv, proc.returncode, proc.stderr.decode(errors="replace"))
+    return proc.stdout.decode(errors="replace")
+
+
+def check_name(name: str, what: str = "name") -> str:
+    if not _NAME_RE.match(name) or name in (".", "..") or len(name) > 127:
+        raise UsageError(f"invalid LVM {what} {name!r}")
+    return name
+
+
+def parse_lv_spec(spec: str, vg: str | None) -> tuple[str, str]:
+    """``LV`` (needs -g), ``VG/LV`` or ``/dev/VG/LV`` -> (vg, lv)."""
+    s = spec.removeprefix("/dev/")
+    if "/" in s:
+        parts = s.split("/")
+        if len(parts) != 2:
+            raise UsageError(f"cannot read volume {spec!r}: use LV, VG/LV or /dev/VG/LV")
+        v, lv = parts
+        if vg and v != vg:
+            raise UsageError(f"volume {spec} is not in volume group {vg}")
+        return check_name(v, "VG name"), check_name(lv, "LV name")
+    if not vg:
+        raise UsageError(f"volume {spec!r} needs a volume group: -g VG, or write VG/{spec}")
+    return check_name(vg, "VG name"), check_name(spec, "LV name")
+
+
+def dm_name(vg: str, lv: str) -> str:
+    """Device-mapper name: LVM doubles every '-' inside VG and LV names."""
+    return f"{vg.replace('-', '--')}-{lv.replace('-', '--')}"
+
+
+@dataclass
+class LV:
+    vg: str
+    name: str
+    uuid: str
+    attr: str
+    size: int
+    segtype: str
+    pool: str
+    thin_id: int | None
+    tags: list[str]
+    chunk_size: int
+    discards: str
+    zero: bool
+    transaction_id: int | None
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.vg}/{self.name}"
+
+    @property
+    def dev(self) -> str:
+        return f"/dev/{self.vg}/{self.name}"
+
+    @property
+    def active(self) -> bool:
+        return len(self.attr) > 4 and self.attr[4] == "a"
+
+    @property
+    def writable(self) -> bool:
+        return len(self.attr) > 1 and self.attr[1] == "w"
+
+    @property
+    def is_thin(self) -> bool:
+        return self.segtype == "thin"
+
+
+def _int(v: str) -> int | None:
+    v = v.strip().removesuffix("B")
+    return int(v) if v.lstrip("-").isdigit() else None
+
+
+def lvs(*specs: str) -> list[LV]:
+    """Report on VG or VG/LV names; an unknown name raises CommandFailed from lvs."""
+    out = run(["lvs", "--reportformat", "json", "--units", "b", "--nosuffix",
+               "-o", LV_FIELDS, *specs])
+    rows = []
+    for report in json.loads(out).get("report", []):
+        for r in report.get("lv", []):
+            rows.append(LV(
+                vg=r["vg_name"], name=r["lv_name"], uuid=r["lv_uuid"], attr=r["lv_attr"],
+                size=_int(r["lv_size"]) or 0, segtype=r["segtype"], pool=r["pool_lv"],
+                thin_id=_int(r["thin_id"]), tags=[t for t in r["lv_tags"].split(",") if t],
+                chunk_size=_int(r["chunk_size"]) or 0, discards=r["discards"],
+                zero=r["zero"] in ("zero", "1"), transaction_id=_int(r["transaction_id"]),
+            ))
+    return rows
+
+
+def get_lv(vg: str, name: str) -> LV:
+    try:
+        found = lvs(f"{vg}/{name}")
+    except CommandFailed as e:
+        if "not found" in e.stderr or "doesn't exist" in e.stderr:
+            raise UsageError(f"logical volume {vg}/{name} not found") from None
+        raise
+    if len(found) != 1:
+        raise UsageError(f"logical volume {vg}/{name} not found")
+    return found[0]
+
+
+def exists(vg: str, name: str) -> bool:
+    try:
+        return any(lv.name == name for lv in lvs(vg))
+    except CommandFailed as e:
+        raise UsageError(f"volume group {vg} not found: {e.stderr.strip()}") from None
+
+
+def get_thin(vg: str, name: str) -> LV:
+    lv = get_lv(vg, name)
+    if not lv.is_thin or lv.thin_id is None:
+        raise UsageError(f"{lv.full_name} is not a thin volume (segment type {lv.segtype})")
+    return lv
+
+
+def pool_device(vg: str, pool: str) -> str:
+    """The dm name of the active thin-pool target of a pool.
+
+    LVM stacks a ``-tpool`` layer under the pool's public device once thin
+    volumes are active; a pool that was never used may have only the plain
+    one.  Either way the target must be ``thin-pool``.
+    """
+    for name in (f"{dm_name(vg, pool)}-tpool", dm_name(vg, pool)):
+        try:
+            fields = run(["dmsetup", "status", name]).split()
+        except CommandFailed:
+            continue
+        if len(fields) > 2 and fields[2] == "thin-pool":
+            return name
+    raise LvdiffError(f"thin pool {vg}/{pool} is not active (no thin-pool device-mapper target)")
+
+
+def held_metadata_root(pool_dm: str) -> str:
+    """'-' when no metadata snapshot is held, else its block number."""
+    fields = run(["dmsetup", "status", pool_dm]).split()
+    return fields[6] if len(fields) > 6 else "-"
+
+
+def metadata_device(vg: str, pool: str) -> str:
+    return f"/dev/mapper/{dm_name(vg, pool)}_tmeta"
+
+
+@contextmanager
+def pool_lock(vg: str, pool: str) -> Iterator[None]:
+    """Serialise our own runs on one pool: it holds at most one metadata snapshot."""
+    LOCK_DIR.mkdir(parents=True, exist_ok=True)
+    path = LOCK_DIR / f"{dm_name(vg, pool)}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"lvdiff: waiting for another lvdiff on {vg}/{pool}", file=sys.stderr)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def metadata_snapshot(vg: str, pool: str) -> Iterator[str]:
+    """Reserve the pool's metadata snapshot; release it on every exit path.
+
+    Never releases a reservation we did not make: if one is already held,
+    stop and tell the user how to release it.
+    """
+    tpool = pool_device(vg, pool)
+    if held_metadata_root(tpool) != "-":
+        raise LvdiffError(
+            f"thin pool {vg}/{pool} already has a metadata snapshot held by another tool; "
+            f"when it is done, release it with: dmsetup message {tpool} 0 release_metadata_snap"
+        )
+    run(["dmsetup", "message", tpool, "0", "reserve_metadata_snap"])
+    try:
+        yield metadata_device(vg, pool)
+    finally:
+        run(["dmsetup", "message", tpool, "0", "release_metadata_snap"])
+
+
+def activate(lv: LV) -> bool:
+    """Activate (ignoring the activation-skip flag); True if we changed anything."""
+    if lv.active:
+        return False
+    run(["lvchange", "-ay", "-K", lv.full_name])
+    return True
+
+
+def deactivate(lv: LV) -> None:
+    run(["lvchange", "-an", lv.full_name])
+
+
+def create_snapshot(origin: LV, name: str, tags: tuple[str, ...] = (),
+                    activation_skip: bool = True) -> LV:
+    argv = ["lvcreate", "-q", "-s", "-n", name, "-k", "y" if activation_skip else "n"]
+    for t in tags:
+        argv += ["--addtag", t]
+    run([*argv, origin.full_name])
+    return get_thin(origin.vg, name)
+
+
+def create_thin(vg: str, pool: str, name: str, size: int, tags: tuple[str, ...] = ()) -> LV:
+    argv = ["lvcreate", "-q", "-T", f"{vg}/{pool}", "-V", f"{size}b", "-n", name]
+    for t in tags:
+        argv += ["--addtag", t]
+    run(argv)
+    return get_thin(vg, name)
+
+
+def resize(lv: LV, size: int) -> LV:
+    run(["lvresize", "-q", "-f", "-L", f"{size}b", lv.full_name])
+    return get_thin(lv.vg, lv.name)
+
+
+def remove(lv: LV) -> None:
+    run(["lvremove", "-q", "-f", "-y", lv.full_name])
+
+
+def del_tag(lv: LV, tag: str) -> None:
+    run(["lvchange", "--deltag", tag, lv.full_name])
