@@ -123,3 +123,31 @@ def sha256_of(dev: str) -> str:
         while chunk := f.read(4 << 20):
             h.update(chunk)
     return h.hexdigest()
+
+
+BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin"
+
+
+def tool(name: str, *args: str | int, generation: str = "0.9", stdin: bytes | None = None,
+         stdin_file: Path | None = None, stdout_file: Path | None = None
+         ) -> subprocess.CompletedProcess[bytes]:
+    """Run the lvdiff or lvpatch command as a user would, with one thin_delta generation."""
+    env = dict(os.environ, LVDIFF_THIN_DELTA=thin_tool(generation, "thin_delta"))
+    inp = open(stdin_file, "rb") if stdin_file else None  # noqa: SIM115
+    out = open(stdout_file, "wb") if stdout_file else None  # noqa: SIM115
+    try:
+        return subprocess.run([str(BIN / name), *map(str, args)], env=env, check=False,
+                              input=stdin, stdin=inp if stdin is None else None,
+                              stdout=out or subprocess.PIPE, stderr=subprocess.PIPE)
+    finally:
+        for f in (inp, out):
+            if f:
+                f.close()
+
+
+def lv_names(vg: str) -> set[str]:
+    return set(sh("lvs", "--noheadings", "-o", "lv_name", vg).split())
+
+
+def lv_tags(vg: str, lv: str) -> str:
+    return sh("lvs", "--noheadings", "-o", "lv_tags", f"{vg}/{lv}").strip()
