@@ -101,13 +101,18 @@ def apply_stream(inp: BinaryIO, vg: str, base: str | None = None, pool: str | No
             writer = ChunkWriter(dev, _target_chunk(thin_target), h.volume_size, fresh=fresh,
                                  discard=dev.discard_max_bytes > 0 and thin_target is not None,
                                  zero_fallback="write" if thin_target else "zeroout")
+            bar = _progress_bar(opt.progress, h.volume_size)
             for rec in reader:
                 if rec.type == RecordType.DATA:
                     assert rec.data is not None
                     writer.data(rec.offset, rec.data)
                 else:
                     writer.zero(rec.offset, rec.length)
+                if bar:
+                    bar.update(rec.offset + rec.length - bar.n)
             writer.finish()
+            if bar:
+                bar.close()
             dev.sync()
             dev.drop_cache()
             if h.new_fingerprint:
@@ -124,6 +129,15 @@ def apply_stream(inp: BinaryIO, vg: str, base: str | None = None, pool: str | No
         if not ok and created and target:
             with _signals_deferred(), suppress(LvdiffError):
                 lvm.remove(target)
+
+
+def _progress_bar(enabled: bool, total: int):  # noqa: ANN202 - tqdm is imported lazily
+    """Position in the volume, on stderr; tqdm is only loaded when asked for."""
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="lvpatch")
 
 
 def _check_base_identity(h: Header, base_lv: lvm.LV) -> None:

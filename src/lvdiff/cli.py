@@ -94,7 +94,8 @@ def lvpatch_parser() -> argparse.ArgumentParser:
     p.add_argument("--in-place", action="store_true",
                    help="write into the -l volume itself (for a target that is not thin). "
                         "NOT ATOMIC: a failure leaves it half-written")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="show progress on stderr (default: when stderr is a terminal)")
     p.add_argument("--version", action="version", version=f"lvpatch {__version__}")
     return p
 
@@ -179,7 +180,8 @@ def lvpatch_main(argv: Sequence[str] | None = None) -> int:
 
     def body() -> int:
         opts = ApplyOptions(base_check=not args.no_base_check, in_place=args.in_place,
-                            progress=bool(args.progress))
+                            progress=sys.stderr.isatty() if args.progress is None
+                            else args.progress)
         if args.input is not None:
             try:
                 inp = open(args.input, "rb")  # noqa: SIM115

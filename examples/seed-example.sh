@@ -1,0 +1,44 @@
+#!/bin/bash
+# The original lvdiff README's example, typos fixed, on two loop devices:
+# back up vg0/vol0 (mounted, in use) against its snapshot sp0, then restore it
+# on vg1 from a volume equal to sp0, and read the hello file back.
+# Runs inside rig/env.sh (private loop-only LVM config, images on a tmpfs).
+set -euo pipefail
+export PATH=$PWD/.venv/bin:$PATH
+img=${LVDIFF_RIG_IMAGES:?run me through rig/run.py}
+step() { printf '\n$ %s\n' "$*"; "$@"; }
+
+truncate -s 1G "$img/1G.disk.0" "$img/1G.disk.1"
+loop0=$(losetup -f --show "$img/1G.disk.0")
+loop1=$(losetup -f --show "$img/1G.disk.1")
+
+echo "== lvdiff side (vg0 on $loop0)"
+step pvcreate -q "$loop0"
+step vgcreate -q vg0 "$loop0"
+step lvcreate -q --thinpool vg0/pool0 -l 100%FREE
+step lvcreate -q -T vg0/pool0 -V 500M -n vol0
+step lvcreate -q -s -n sp0 vg0/vol0           # the base: vol0 before any data
+step mkfs.ext4 -q /dev/vg0/vol0
+mkdir -p "$img/mnt/vg0/vol0" "$img/mnt/vg1/vol0"
+step mount /dev/vg0/vol0 "$img/mnt/vg0/vol0"
+echo "hello world" >"$img/mnt/vg0/vol0/hello"
+step lvdiff -g vg0 --pair 'Author:BigVan (alpc_metic@live.com)' --pair 'Message: hello world' \
+    sp0 vol0 -o "$img/test.diff"
+step sha256sum "$img/test.diff"
+umount "$img/mnt/vg0/vol0"
+
+echo
+echo "== lvpatch side (vg1 on $loop1)"
+step pvcreate -q "$loop1"
+step vgcreate -q vg1 "$loop1"
+step lvcreate -q --thinpool vg1/pool0 -l 100%FREE
+step lvcreate -q -T vg1/pool0 -V 500M -n sp0
+step lvpatch -g vg1 -l sp0 <"$img/test.diff"
+step lvs -o lv_name,lv_attr,lv_size,pool_lv,origin,lv_tags vg1
+step mount -o ro /dev/vg1/vol0 "$img/mnt/vg1/vol0"
+printf '\n$ cat hello   # on the restored vg1/vol0\n'
+cat "$img/mnt/vg1/vol0/hello"
+grep -qx "hello world" "$img/mnt/vg1/vol0/hello"
+umount "$img/mnt/vg1/vol0"
+echo
+echo "restored vg1/vol0 holds the hello file"
