@@ -10,8 +10,9 @@ exception: there is nothing to remove).
 from __future__ import annotations
 
 import signal
+import sys
 from collections.abc import Callable
-from contextlib import suppress
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -59,6 +60,7 @@ def apply_stream(inp: BinaryIO, vg: str, base: str | None = None, pool: str | No
     target: lvm.LV | None = None
     created = False
     ok = False
+    stack = ExitStack()
     try:
         if opt.in_place:
             in_place = lvm.get_lv(vg, lvm.check_name(base or "", "LV name"))
@@ -67,6 +69,8 @@ def apply_stream(inp: BinaryIO, vg: str, base: str | None = None, pool: str | No
             thin_target = in_place if in_place.is_thin else None
         else:
             new_name = lvm.check_name(name or h.new["name"], "LV name")
+            stack.enter_context(lvm.target_lock(vg, new_name))
+            cleanup(vg)
             if lvm.exists(vg, new_name):
                 raise UsageError(f"{vg}/{new_name} already exists; name the restored volume "
                                  "differently or remove it first")
@@ -126,9 +130,23 @@ def apply_stream(inp: BinaryIO, vg: str, base: str | None = None, pool: str | No
         ok = True
         return ApplyResult(label, h, reader.totals, reader.sha256)
     finally:
-        if not ok and created and target:
-            with _signals_deferred(), suppress(LvdiffError):
-                lvm.remove(target)
+        with stack:
+            if not ok and created and target:
+                with _signals_deferred():
+                    try:
+                        lvm.remove(target)
+                    except LvdiffError as e:
+                        print(f"lvpatch: could not remove the incomplete {target.full_name}: "
+                              f"{e}", file=sys.stderr)
+
+
+def cleanup(vg: str) -> list[str]:
+    """Remove targets that a killed lvpatch left tagged incomplete in ``vg``."""
+    removed = lvm.remove_stale(vg, lvm.TAG_INCOMPLETE)
+    for full_name in removed:
+        print(f"lvpatch: removed {full_name}, left incomplete by an interrupted lvpatch",
+              file=sys.stderr)
+    return removed
 
 
 def _progress_bar(enabled: bool, total: int):  # noqa: ANN202 - tqdm is imported lazily

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from . import __version__
-from .apply import ApplyOptions, apply_stream
+from .apply import ApplyOptions, apply_stream, cleanup
 from .dump import DumpOptions, dump
 from .errors import LvdiffError, UsageError
 from .lvm import parse_lv_spec
@@ -94,6 +94,9 @@ def lvpatch_parser() -> argparse.ArgumentParser:
     p.add_argument("--in-place", action="store_true",
                    help="write into the -l volume itself (for a target that is not thin). "
                         "NOT ATOMIC: a failure leaves it half-written")
+    p.add_argument("--cleanup", action="store_true",
+                   help="only remove volumes an interrupted lvpatch left incomplete in VG "
+                        "(tagged lvdiff_incomplete); every lvpatch run also does this")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show progress on stderr (default: when stderr is a terminal)")
     p.add_argument("--version", action="version", version=f"lvpatch {__version__}")
@@ -179,6 +182,10 @@ def lvpatch_main(argv: Sequence[str] | None = None) -> int:
     args = lvpatch_parser().parse_args(argv)
 
     def body() -> int:
+        if args.cleanup:
+            removed = cleanup(args.vg)
+            print(f"lvpatch: {len(removed)} incomplete volume(s) removed", file=sys.stderr)
+            return 0
         opts = ApplyOptions(base_check=not args.no_base_check, in_place=args.in_place,
                             progress=sys.stderr.isatty() if args.progress is None
                             else args.progress)

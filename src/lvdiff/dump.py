@@ -70,6 +70,8 @@ def dump(new: tuple[str, str], base: tuple[str, str] | None, out: BinaryIO,
 
     with ExitStack() as stack:
         stack.enter_context(lvm.pool_lock(vg, pool_name))
+        for stale in lvm.remove_stale(vg, lvm.TAG_TEMP, pool_name):
+            print(f"lvdiff: removed {stale}, left by a killed lvdiff", file=sys.stderr)
         src_new = _point_in_time(stack, new_lv)
         src_base = _point_in_time(stack, base_lv) if base_lv else None
         meta_dev = stack.enter_context(lvm.metadata_snapshot(vg, pool_name))

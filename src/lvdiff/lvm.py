@@ -14,7 +14,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,11 +139,15 @@ def get_lv(vg: str, name: str) -> LV:
     return found[0]
 
 
-def exists(vg: str, name: str) -> bool:
+def lvs_in_vg(vg: str) -> list[LV]:
     try:
-        return any(lv.name == name for lv in lvs(vg))
+        return lvs(vg)
     except CommandFailed as e:
         raise UsageError(f"volume group {vg} not found: {e.stderr.strip()}") from None
+
+
+def exists(vg: str, name: str) -> bool:
+    return any(lv.name == name for lv in lvs_in_vg(vg))
 
 
 def get_thin(vg: str, name: str) -> LV:
@@ -181,42 +185,97 @@ def metadata_device(vg: str, pool: str) -> str:
 
 
 @contextmanager
-def pool_lock(vg: str, pool: str) -> Iterator[None]:
-    """Serialise our own runs on one pool: it holds at most one metadata snapshot."""
+def _flock(path: Path, busy: str | None) -> Iterator[bool]:
+    """Hold an exclusive flock on ``path``; the kernel drops it if we die.
+
+    With ``busy`` set, wait (saying so once); without, yield False at once
+    when someone else holds it.
+    """
     LOCK_DIR.mkdir(parents=True, exist_ok=True)
-    path = LOCK_DIR / f"{dm_name(vg, pool)}.lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            print(f"lvdiff: waiting for another lvdiff on {vg}/{pool}", file=sys.stderr)
+            if busy is None:
+                yield False
+                return
+            print(busy, file=sys.stderr)
             fcntl.flock(fd, fcntl.LOCK_EX)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        yield
+        yield True
     finally:
         os.close(fd)
+
+
+def pool_lock(vg: str, pool: str) -> AbstractContextManager[bool]:
+    """Serialise our own runs on one pool: it holds at most one metadata snapshot."""
+    return _flock(LOCK_DIR / f"{dm_name(vg, pool)}.lock",
+                  f"lvdiff: waiting for another lvdiff on {vg}/{pool}")
+
+
+def target_lock(vg: str, name: str, wait: bool = True) -> AbstractContextManager[bool]:
+    """Held by lvpatch while it builds vg/name: an incomplete volume whose lock is
+    free belongs to an lvpatch that died."""
+    return _flock(LOCK_DIR / f"{dm_name(vg, name)}.lvpatch.lock",
+                  f"lvpatch: waiting for another lvpatch on {vg}/{name}" if wait else None)
+
+
+def _held_marker(vg: str, pool: str) -> Path:
+    return LOCK_DIR / f"{dm_name(vg, pool)}.held"
 
 
 @contextmanager
 def metadata_snapshot(vg: str, pool: str) -> Iterator[str]:
     """Reserve the pool's metadata snapshot; release it on every exit path.
 
-    Never releases a reservation we did not make: if one is already held,
-    stop and tell the user how to release it.
+    Call with the pool lock held.  A marker file records the held root we
+    reserved; if an lvdiff was killed with the reservation held, the next one
+    finds the marker naming the very root still held and releases it.  Any
+    other reservation belongs to another tool and is never released: stop and
+    tell the user how to release it.
     """
     tpool = pool_device(vg, pool)
-    if held_metadata_root(tpool) != "-":
-        raise LvdiffError(
-            f"thin pool {vg}/{pool} already has a metadata snapshot held by another tool; "
-            f"when it is done, release it with: dmsetup message {tpool} 0 release_metadata_snap"
-        )
+    marker = _held_marker(vg, pool)
+    held = held_metadata_root(tpool)
+    if held != "-":
+        mine = marker.exists() and marker.read_text().strip() == held
+        if not mine:
+            raise LvdiffError(
+                f"thin pool {vg}/{pool} already has a metadata snapshot held by another "
+                f"tool; when it is done, release it with: "
+                f"dmsetup message {tpool} 0 release_metadata_snap")
+        print(f"lvdiff: releasing the metadata snapshot a killed lvdiff left on {vg}/{pool}",
+              file=sys.stderr)
+        run(["dmsetup", "message", tpool, "0", "release_metadata_snap"])
+    marker.unlink(missing_ok=True)
     run(["dmsetup", "message", tpool, "0", "reserve_metadata_snap"])
     try:
+        marker.write_text(held_metadata_root(tpool) + "\n")
         yield metadata_device(vg, pool)
     finally:
         run(["dmsetup", "message", tpool, "0", "release_metadata_snap"])
+        marker.unlink(missing_ok=True)
+
+
+def remove_stale(vg: str, tag: str, pool: str | None = None) -> list[str]:
+    """Remove volumes a killed lvdiff/lvpatch left behind (tagged by us).
+
+    lvdiff's temporary snapshots are stale whenever we hold the pool lock;
+    lvpatch's incomplete targets when nobody holds their target lock.
+    """
+    removed = []
+    for lv in lvs_in_vg(vg):
+        if tag not in lv.tags or (pool and lv.pool != pool):
+            continue
+        if tag == TAG_INCOMPLETE:
+            with target_lock(vg, lv.name, wait=False) as free:
+                if free:
+                    remove(lv)
+                    removed.append(lv.full_name)
+        else:
+            remove(lv)
+            removed.append(lv.full_name)
+    return removed
 
 
 def activate(lv: LV) -> bool:

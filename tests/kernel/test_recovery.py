@@ -1,0 +1,102 @@
+"""kill -9 of lvdiff and lvpatch: what they leave is recognised and cleaned up."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import time
+
+from .lvmrig import BIN, IMAGES, lv_names, lv_tags, sh, sha256_of, thin_tool, tool, write_at
+
+M = 1 << 20
+
+
+def wait_for(cond, what: str, timeout: float = 120) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.5)
+
+
+def test_kill9_leftovers_are_recovered(loop_vg, tools_generation):
+    rnd = random.Random(3)
+    src = loop_vg(prefix="src")
+    src.pool(size_mb=120)
+    vol = src.thin("vol", 32)
+    src.snapshot("vol", "base")
+    write_at(vol, 0, rnd.randbytes(24 * M))  # vol stays active and writable
+    env = dict(os.environ, LVDIFF_THIN_DELTA=thin_tool(tools_generation, "thin_delta"))
+
+    # lvdiff blocks on a pipe nobody reads, holding the reservation and a temp snapshot
+    proc = subprocess.Popen([str(BIN / "lvdiff"), "-d", "1", f"{src.name}/base",
+                             f"{src.name}/vol"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
+    wait_for(lambda: src.held_metadata_root() != "-", "lvdiff to reserve metadata")
+    time.sleep(2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+    temps = [n for n in lv_names(src.name) if n.startswith("lvdiff_")]
+    assert len(temps) == 1 and "lvdiff_temp" in lv_tags(src.name, temps[0])
+    assert src.held_metadata_root() != "-"
+
+    # the next lvdiff recognises both as its own, cleans up and succeeds
+    stream = IMAGES / "recovery.lvd"
+    res = tool("lvdiff", f"{src.name}/base", f"{src.name}/vol", generation=tools_generation,
+               stdout_file=stream)
+    err = res.stderr.decode()
+    assert res.returncode == 0, err
+    assert "left by a killed lvdiff" in err and "metadata snapshot a killed lvdiff" in err
+    assert lv_names(src.name) == {"pool", "vol", "base"}
+    assert src.held_metadata_root() == "-"
+
+    # a reservation held by another tool is never released
+    sh("dmsetup", "message", src.tpool(), "0", "reserve_metadata_snap")
+    held = src.held_metadata_root()
+    res = tool("lvdiff", f"{src.name}/base", f"{src.name}/vol", generation=tools_generation,
+               stdout_file=IMAGES / "refused.lvd")
+    err = res.stderr.decode()
+    assert res.returncode != 0 and f"dmsetup message {src.tpool()} 0 release_metadata_snap" \
+        in err, err
+    assert src.held_metadata_root() == held
+    assert not (IMAGES / "refused.lvd").exists() or (IMAGES / "refused.lvd").stat().st_size == 0
+    sh("dmsetup", "message", src.tpool(), "0", "release_metadata_snap")
+
+    # lvpatch killed half-way: the target is visibly incomplete, then cleaned up
+    dst = loop_vg(prefix="dst")
+    dst.pool(size_mb=120)
+    dst.thin("base", 32)
+    base_sum = sha256_of(dst.dev("base"))
+    data = stream.read_bytes()
+    proc = subprocess.Popen([str(BIN / "lvpatch"), "-g", dst.name, "-l", "base"],
+                            stdin=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    proc.stdin.write(data[: len(data) // 2])
+    proc.stdin.flush()
+    wait_for(lambda: "vol" in lv_names(dst.name), "lvpatch to create its target")
+    time.sleep(2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stdin.close()
+    assert lv_tags(dst.name, "vol") == "lvdiff_incomplete"  # lvs shows which is incomplete
+    res = tool("lvpatch", "-g", dst.name, "--cleanup")
+    assert res.returncode == 0 and "removed" in res.stderr.decode(), res.stderr.decode()
+    assert lv_names(dst.name) == {"pool", "base"}
+    assert sha256_of(dst.dev("base")) == base_sum
+
+    # killed again, and this time the next lvpatch cleans up by itself and restores
+    proc = subprocess.Popen([str(BIN / "lvpatch"), "-g", dst.name, "-l", "base"],
+                            stdin=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    proc.stdin.write(data[: len(data) // 3])
+    proc.stdin.flush()
+    wait_for(lambda: "vol" in lv_names(dst.name), "lvpatch to create its target")
+    time.sleep(1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stdin.close()
+    res = tool("lvpatch", "-g", dst.name, "-l", "base", stdin=data)
+    assert res.returncode == 0, res.stderr.decode()
+    assert lv_tags(dst.name, "vol") == ""
+    assert sha256_of(dst.dev("vol")) == sha256_of(src.dev("vol"))
+    stream.unlink()
