@@ -38,8 +38,9 @@ def test_kill9_leftovers_are_recovered(loop_vg, tools_generation):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     proc.stdout.close()
+    # base and vol are both active and writable, so each was read through a temp snapshot
     temps = [n for n in lv_names(src.name) if n.startswith("lvdiff_")]
-    assert len(temps) == 1 and "lvdiff_temp" in lv_tags(src.name, temps[0])
+    assert len(temps) == 2 and all(lv_tags(src.name, t) == "lvdiff_temp" for t in temps)
     assert src.held_metadata_root() != "-"
 
     # the next lvdiff recognises both as its own, cleans up and succeeds
