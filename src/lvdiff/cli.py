@@ -18,7 +18,8 @@ from . import __version__
 from .apply import ApplyOptions, apply_stream, cleanup
 from .dump import DumpOptions, dump
 from .errors import LvdiffError, UsageError
-from .lvm import parse_lv_spec
+from .lvm import get_lv, parse_lv_spec
+from .resume import ResumeToken
 from .stream import Header, escape_for_terminal
 
 EXIT_CODES = """\
@@ -47,6 +48,13 @@ def _level(text: str) -> int:
     return int(text)
 
 
+def _token(text: str) -> ResumeToken:
+    try:
+        return ResumeToken.parse(text)
+    except UsageError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def lvdiff_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lvdiff",
@@ -68,6 +76,9 @@ def lvdiff_parser() -> argparse.ArgumentParser:
                    metavar="KEY:VALUE", help="record a key:value pair (repeatable; split at "
                                              "the first colon)")
     p.add_argument("-o", "--output", type=Path, help="write the stream to FILE, not stdout")
+    p.add_argument("--resume", metavar="TOKEN", type=_token,
+                   help="send only what an interrupted `lvpatch -s` still needs (the token it "
+                        "printed, or `lvpatch -g VG --resume-token NAME`); same volumes as before")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show progress on stderr (default: when stderr is a terminal)")
     p.add_argument("--version", action="version", version=f"lvdiff {__version__}")
@@ -94,9 +105,20 @@ def lvpatch_parser() -> argparse.ArgumentParser:
     p.add_argument("--in-place", action="store_true",
                    help="write into the -l volume itself (for a target that is not thin). "
                         "NOT ATOMIC: a failure leaves it half-written")
+    p.add_argument("-s", "--resumable", action="store_true",
+                   help="if interrupted (stream cut, Ctrl-C, I/O error), keep NAME and print a "
+                        "resume token instead of removing it")
+    p.add_argument("--checkpoint-mib", type=int, default=1024, metavar="MIB",
+                   help="with -s, make progress durable every MIB mebibytes (default 1024)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue NAME, kept by an interrupted `lvpatch -s`, from a stream made "
+                        "with `lvdiff --resume TOKEN`")
+    p.add_argument("--resume-token", action="store_true",
+                   help="only print the resume token of NAME")
     p.add_argument("--cleanup", action="store_true",
                    help="only remove volumes an interrupted lvpatch left incomplete in VG "
-                        "(tagged lvdiff_incomplete); every lvpatch run also does this")
+                        "(tagged lvdiff_incomplete), including ones kept for --resume; every "
+                        "lvpatch run removes those not kept for --resume")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show progress on stderr (default: when stderr is a terminal)")
     p.add_argument("--version", action="version", version=f"lvpatch {__version__}")
@@ -136,6 +158,7 @@ def lvdiff_main(argv: Sequence[str] | None = None) -> int:
         *base, new = [parse_lv_spec(v, args.vg) for v in args.volumes]
         opts = DumpOptions(level=args.detect_level, meta=args.meta,
                            thin_delta=os.environ.get("LVDIFF_THIN_DELTA", "thin_delta"),
+                           resume=args.resume,
                            progress=sys.stderr.isatty() if args.progress is None
                            else args.progress)
         if args.output is None:
@@ -182,11 +205,21 @@ def lvpatch_main(argv: Sequence[str] | None = None) -> int:
     args = lvpatch_parser().parse_args(argv)
 
     def body() -> int:
+        if args.resume_token:
+            if not args.name:
+                raise UsageError("--resume-token needs the volume NAME")
+            token = ResumeToken.from_tags(get_lv(args.vg, args.name).tags)
+            if token is None:
+                raise UsageError(f"{args.vg}/{args.name} has no resume token")
+            print(token)
+            return 0
         if args.cleanup:
-            removed = cleanup(args.vg)
+            removed = cleanup(args.vg, resumable=True)
             print(f"lvpatch: {len(removed)} incomplete volume(s) removed", file=sys.stderr)
             return 0
         opts = ApplyOptions(base_check=not args.no_base_check, in_place=args.in_place,
+                            resumable=args.resumable or args.resume, resume=args.resume,
+                            checkpoint_bytes=max(1, args.checkpoint_mib) << 20,
                             progress=sys.stderr.isatty() if args.progress is None
                             else args.progress)
         if args.input is not None:

@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import BinaryIO
 
@@ -25,6 +25,7 @@ from . import fingerprint as fpr
 from .blockdev import BlockDevice
 from .errors import LvdiffError, UsageError
 from .plan import ZERO, Extent, plan
+from .resume import ResumeToken
 from .stream import Header, StreamWriter, Totals, encode_data, encode_zero
 from .thindelta import DeltaRange, check_version, thin_delta
 
@@ -41,6 +42,7 @@ class DumpOptions:
     workers: int = max(2, min(8, os.cpu_count() or 2))
     zstd_level: int | None = 3
     progress: bool = False
+    resume: ResumeToken | None = None  # re-send only what lies past an lvpatch's durable point
 
 
 @dataclass
@@ -54,6 +56,8 @@ def dump(new: tuple[str, str], base: tuple[str, str] | None, out: BinaryIO,
          pool: str | None = None, options: DumpOptions | None = None) -> DumpResult:
     """Write the stream that turns BASE into NEW (or a full stream of NEW)."""
     opt = options or DumpOptions()
+    if opt.resume:  # the interrupted stream's level and seed, so fingerprints match
+        opt = replace(opt, level=opt.resume.level)
     if opt.level not in (0, 1, 2, 3):
         raise UsageError(f"detect level must be 0..3, not {opt.level}")
     check_version(opt.thin_delta)
@@ -86,7 +90,7 @@ def dump(new: tuple[str, str], base: tuple[str, str] | None, out: BinaryIO,
             return spans
 
         unit = fpr.unit_for(chunk)
-        seed = secrets.randbits(63)
+        seed = opt.resume.seed if opt.resume else secrets.randbits(63)
         base_fp = None
         if src_base:
             with BlockDevice(src_base.dev) as base_dev:
@@ -94,6 +98,12 @@ def dump(new: tuple[str, str], base: tuple[str, str] | None, out: BinaryIO,
                                       mapped("left"))
         new_fp = fpr.compute(opt.level, new_dev.read, src_new.size, unit, seed,
                              mapped("right"))
+        resume_offset = None
+        if opt.resume:
+            if new_fp is None or new_fp.sha256[:32] != opt.resume.new_fp:
+                raise LvdiffError(f"{new_lv.full_name} is not what the interrupted transfer was "
+                                  "sending (its fingerprint differs); start a new transfer")
+            resume_offset = opt.resume.offset
 
         header = Header(
             kind="incremental" if base_lv else "full",
@@ -112,6 +122,7 @@ def dump(new: tuple[str, str], base: tuple[str, str] | None, out: BinaryIO,
             detect_level=opt.level,
             base_fingerprint=base_fp.to_dict() if base_fp else None,
             new_fingerprint=new_fp.to_dict() if new_fp else None,
+            resume_offset=resume_offset,
         )
         writer = StreamWriter(out, header)
         with thin_delta(opt.thin_delta, meta_dev, snap1, src_new.thin_id) as delta:
@@ -122,9 +133,21 @@ def dump(new: tuple[str, str], base: tuple[str, str] | None, out: BinaryIO,
                                   f"lvs {chunk}")
             extents = plan(delta.ranges(), chunk, new_lv.size,
                            base_lv.size if base_lv else None)
+            if resume_offset:
+                extents = skip_before(extents, resume_offset)
             send(extents, new_dev, writer, opt)
         digest = writer.close()
         return DumpResult(header, digest, writer.totals)
+
+
+def skip_before(extents: Iterable[Extent], offset: int) -> Iterator[Extent]:
+    """Drop what a resumed target already holds; cut an extent that straddles it."""
+    for e in extents:
+        if e.end <= offset:
+            continue
+        if e.offset < offset:
+            e = Extent(e.kind, offset, e.end - offset)
+        yield e
 
 
 def _identity(lv: lvm.LV) -> dict[str, object]:

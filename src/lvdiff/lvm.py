@@ -13,7 +13,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,6 +180,15 @@ def held_metadata_root(pool_dm: str) -> str:
     return fields[6] if len(fields) > 6 else "-"
 
 
+def pool_out_of_data_space(vg: str, pool: str) -> bool:
+    """True when the pool's status says out_of_data_space (or it failed on that)."""
+    try:
+        fields = run(["dmsetup", "status", pool_device(vg, pool)]).split()
+    except LvdiffError:
+        return False
+    return len(fields) > 7 and fields[7] in ("out_of_data_space", "Fail")
+
+
 def metadata_device(vg: str, pool: str) -> str:
     return f"/dev/mapper/{dm_name(vg, pool)}_tmeta"
 
@@ -257,17 +266,22 @@ def metadata_snapshot(vg: str, pool: str) -> Iterator[str]:
         marker.unlink(missing_ok=True)
 
 
-def remove_stale(vg: str, tag: str, pool: str | None = None) -> list[str]:
+def remove_stale(vg: str, tag: str, pool: str | None = None,
+                 resumable: bool = False, locked: Sequence[str] = ()) -> list[str]:
     """Remove volumes a killed lvdiff/lvpatch left behind (tagged by us).
 
     lvdiff's temporary snapshots are stale whenever we hold the pool lock;
-    lvpatch's incomplete targets when nobody holds their target lock.
+    lvpatch's incomplete targets when nobody holds their target lock, except
+    those kept on purpose for ``lvpatch --resume`` unless ``resumable``.
+    ``locked`` names targets whose lock the caller itself holds.
     """
     removed = []
     for lv in lvs_in_vg(vg):
         if tag not in lv.tags or (pool and lv.pool != pool):
             continue
-        if tag == TAG_INCOMPLETE:
+        if not resumable and any(t.startswith("lvdiff_resume:") for t in lv.tags):
+            continue
+        if tag == TAG_INCOMPLETE and lv.name not in locked:
             with target_lock(vg, lv.name, wait=False) as free:
                 if free:
                     remove(lv)
@@ -316,5 +330,12 @@ def remove(lv: LV) -> None:
     run(["lvremove", "-q", "-f", "-y", lv.full_name])
 
 
-def del_tag(lv: LV, tag: str) -> None:
-    run(["lvchange", "--deltag", tag, lv.full_name])
+def set_tags(lv: LV, add: Sequence[str] = (), remove: Sequence[str] = ()) -> None:
+    """Add and remove tags in one metadata commit."""
+    argv = ["lvchange"]
+    for t in add:
+        argv += ["--addtag", t]
+    for t in remove:
+        argv += ["--deltag", t]
+    if len(argv) > 1:
+        run([*argv, lv.full_name])

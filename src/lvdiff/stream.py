@@ -59,7 +59,7 @@ __all__ = [
 ]
 
 MAGIC = b"\x89LVDIFF\n"
-VERSION = (1, 0)
+VERSION = (1, 1)
 
 SECTOR = 512
 MAX_DATA_LEN = 16 * 1024 * 1024
@@ -249,6 +249,9 @@ _FIELDS = (
     "new_fingerprint",
 )
 
+# Fields added in later minor versions: absent means null.
+_OPTIONAL_FIELDS = ("resume_offset",)
+
 
 @dataclass(kw_only=True)
 class Header:
@@ -276,6 +279,9 @@ class Header:
     detect_level: int
     base_fingerprint: dict[str, Any] | None = None
     new_fingerprint: dict[str, Any] | None = None
+    # 1.1: set on a stream that resumes an interrupted transfer: it carries only
+    # the records at or past this byte offset, and is applied with lvpatch --resume.
+    resume_offset: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -335,7 +341,13 @@ class Header:
             value = getattr(self, name)
             if value is not None and not isinstance(value, dict):
                 raise CorruptStream(f"header field {name} must be an object or null")
-        if not isinstance(self.extra, dict) or any(k in _FIELDS for k in self.extra):
+        if self.resume_offset is not None:
+            _check_size("resume_offset", self.resume_offset, positive=False)
+            if self.resume_offset > self.volume_size:
+                raise CorruptStream("header field resume_offset is past the volume's end")
+        if not isinstance(self.extra, dict) or any(
+            k in _FIELDS or k in _OPTIONAL_FIELDS for k in self.extra
+        ):
             raise CorruptStream("header extra keys must be a dict not shadowing known fields")
 
     def _validate_created(self) -> None:
@@ -371,6 +383,9 @@ class Header:
         """The JSON object, known fields in format order, then extra keys."""
         obj: dict[str, Any] = {name: getattr(self, name) for name in _FIELDS}
         obj["meta"] = [list(pair) for pair in self.meta]
+        for name in _OPTIONAL_FIELDS:
+            if getattr(self, name) is not None:
+                obj[name] = getattr(self, name)
         obj.update(self.extra)
         return obj
 
@@ -421,6 +436,7 @@ class Header:
         if missing:
             raise CorruptStream(f"header lacks field {missing[0]!r}")
         known = {name: obj[name] for name in _FIELDS}
+        known.update({name: obj[name] for name in _OPTIONAL_FIELDS if name in obj})
         extra = {k: v for k, v in obj.items() if k not in known}
         header = cls(**known, extra=extra)
         header.validate()
@@ -574,7 +590,7 @@ class StreamWriter:
         self._fp = fp
         self.header = header
         self._hash = hashlib.sha256(head)
-        self._next_offset = 0
+        self._next_offset = header.resume_offset or 0
         self._counts = [0, 0, 0, 0, 0]
         self.sha256: str | None = None
         _write_all(fp, head)
@@ -720,6 +736,8 @@ class StreamReader:
         self.sha256: str | None = None
         self.complete = False
         self.version, self.header = self._read_header()
+        # A resumed stream may not reach back before its resume point.
+        self._next_offset = self.header.resume_offset or 0
 
     @property
     def totals(self) -> Totals:
