@@ -131,7 +131,7 @@ def get_lv(vg: str, name: str) -> LV:
     try:
         found = lvs(f"{vg}/{name}")
     except CommandFailed as e:
-        if "not found" in e.stderr or "doesn't exist" in e.stderr:
+        if any(m in e.stderr for m in ("not found", "Failed to find", "doesn't exist")):
             raise UsageError(f"logical volume {vg}/{name} not found") from None
         raise
     if len(found) != 1:

@@ -129,10 +129,10 @@ BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin"
 
 
 def tool(name: str, *args: str | int, generation: str = "0.9", stdin: bytes | None = None,
-         stdin_file: Path | None = None, stdout_file: Path | None = None
-         ) -> subprocess.CompletedProcess[bytes]:
+         stdin_file: Path | None = None, stdout_file: Path | None = None,
+         env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
     """Run the lvdiff or lvpatch command as a user would, with one thin_delta generation."""
-    env = dict(os.environ, LVDIFF_THIN_DELTA=thin_tool(generation, "thin_delta"))
+    env = {**os.environ, "LVDIFF_THIN_DELTA": thin_tool(generation, "thin_delta"), **(env or {})}
     inp = open(stdin_file, "rb") if stdin_file else None  # noqa: SIM115
     out = open(stdout_file, "wb") if stdout_file else None  # noqa: SIM115
     try:

@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import io
 import json
+import os
 import random
 import struct
 import time
@@ -853,8 +854,11 @@ def test_end_hash_must_match() -> None:
 
 # --------------------------------------------------------------------------- fuzzing
 
+# Bounded in CI; LVDIFF_FUZZ_EXAMPLES=100000 pytest -k fuzz runs longer on demand.
+FUZZ_EXAMPLES = int(os.environ.get("LVDIFF_FUZZ_EXAMPLES", "300"))
 
-@settings(max_examples=300, deadline=1000)
+
+@settings(max_examples=FUZZ_EXAMPLES, deadline=1000)
 @given(st.binary(max_size=600))
 def test_fuzz_arbitrary_bytes(blob: bytes) -> None:
     consume(blob)
@@ -862,7 +866,7 @@ def test_fuzz_arbitrary_bytes(blob: bytes) -> None:
     consume(HEAD + blob)
 
 
-@settings(max_examples=300, deadline=1000)
+@settings(max_examples=FUZZ_EXAMPLES, deadline=1000)
 @given(st.data())
 def test_fuzz_mutated_stream(fuzz: st.DataObject) -> None:
     stream, _d, _t, _u = build(make_header(), SMALL_RECORDS)
@@ -886,7 +890,7 @@ def test_fuzz_mutated_stream(fuzz: st.DataObject) -> None:
 u64 = st.integers(0, 2**64 - 1) | st.integers(0, 4096).map(lambda n: n * 512)
 
 
-@settings(max_examples=400, deadline=1000)
+@settings(max_examples=FUZZ_EXAMPLES * 4 // 3, deadline=1000)
 @given(
     rtype=st.sampled_from([1, 2, 0x7F, 0, 3, 0x80, 0xFF]),
     flags=st.integers(0, 3) | st.integers(0, 255),
@@ -932,7 +936,7 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=1000)
+@settings(max_examples=FUZZ_EXAMPLES, deadline=1000)
 @given(field=st.sampled_from(sorted(header_dict())), value=json_values, nested=st.booleans())
 def test_fuzz_header_fields(field: str, value: Any, nested: bool) -> None:
     obj = header_dict()
