@@ -101,3 +101,40 @@ def test_kill9_leftovers_are_recovered(loop_vg, tools_generation):
     assert lv_tags(dst.name, "vol") == ""
     assert sha256_of(dst.dev("vol")) == sha256_of(src.dev("vol"))
     stream.unlink()
+
+
+def test_sigterm_cleans_up_at_once(loop_vg, tools_generation):
+    src = loop_vg(prefix="src")
+    src.pool(size_mb=100)
+    vol = src.thin("vol", 32)
+    write_at(vol, 0, random.Random(4).randbytes(24 * M))
+    env = dict(os.environ, LVDIFF_THIN_DELTA=thin_tool(tools_generation, "thin_delta"))
+    proc = subprocess.Popen([str(BIN / "lvdiff"), f"{src.name}/vol"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_for(lambda: src.held_metadata_root() != "-", "lvdiff to reserve metadata")
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)  # reading stdout lets it reach the handler
+    assert proc.returncode == 130, err.decode()
+    assert src.held_metadata_root() == "-"
+    assert lv_names(src.name) == {"pool", "vol"}  # its temp snapshot is gone
+
+    stream = IMAGES / "term.lvd"
+    res = tool("lvdiff", f"{src.name}/vol", generation=tools_generation, stdout_file=stream)
+    assert res.returncode == 0, res.stderr.decode()
+    dst = loop_vg(prefix="dst")
+    dst.pool(size_mb=100)
+    proc = subprocess.Popen([str(BIN / "lvpatch"), "-g", dst.name, "-p", "pool"],
+                            stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    data = stream.read_bytes()
+    proc.stdin.write(data[: len(data) // 2])
+    proc.stdin.flush()
+    wait_for(lambda: "vol" in lv_names(dst.name), "lvpatch to create its target")
+    time.sleep(1)
+    proc.send_signal(signal.SIGTERM)  # while it waits for the rest of the stream
+    rc = proc.wait(timeout=120)
+    proc.stdin.close()
+    err = proc.stderr.read().decode()
+    assert rc == 130 and "interrupted" in err, err
+    assert lv_names(dst.name) == {"pool"}, err
+    stream.unlink()
