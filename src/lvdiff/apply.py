@@ -3,8 +3,9 @@
 The target is created tagged ``lvdiff_incomplete``; the tag is cleared only
 after every record was applied, END validated, data flushed and NEW's
 fingerprint verified.  Any failure before that removes the target, so a
-half-written volume never survives (``--in-place`` is the documented
-exception: there is nothing to remove).
+half-written volume never survives.  Two documented exceptions: ``--in-place``
+(there is nothing to remove) and ``-s``/``--resume``, where an interrupted
+target is kept on purpose, still tagged incomplete, with a resume token.
 """
 
 from __future__ import annotations

@@ -61,8 +61,8 @@ def dump(new: tuple[str, str], base: tuple[str, str] | None, out: BinaryIO,
     if opt.level not in (0, 1, 2, 3):
         raise UsageError(f"detect level must be 0..3, not {opt.level}")
     check_version(opt.thin_delta)
-    new_lv = lvm.get_thin(*new)
-    base_lv = lvm.get_thin(*base) if base else None
+    new_lv = lvm.get_thin_in_pool(*new)
+    base_lv = lvm.get_thin_in_pool(*base) if base else None
     if base_lv and (base_lv.vg, base_lv.pool) != (new_lv.vg, new_lv.pool):
         raise UsageError(f"{base_lv.full_name} (pool {base_lv.pool}) and {new_lv.full_name} "
                          f"(pool {new_lv.pool}) are not in one thin pool")

@@ -26,7 +26,7 @@ LOCK_DIR = Path("/run/lock/lvdiff")
 _NAME_RE = re.compile(r"^[A-Za-z0-9+_.][A-Za-z0-9+_.-]*$")
 
 LV_FIELDS = ("vg_name,lv_name,lv_uuid,lv_attr,lv_size,segtype,pool_lv,thin_id,lv_tags,"
-             "chunk_size,discards,zero,transaction_id,lv_active")
+             "chunk_size,discards,zero,transaction_id,lv_active,origin")
 
 
 def run(argv: list[str], input: bytes | None = None) -> str:
@@ -83,6 +83,7 @@ class LV:
     discards: str
     zero: bool
     transaction_id: int | None
+    origin: str = ""
 
     @property
     def full_name(self) -> str:
@@ -123,6 +124,7 @@ def lvs(*specs: str) -> list[LV]:
                 thin_id=_int(r["thin_id"]), tags=[t for t in r["lv_tags"].split(",") if t],
                 chunk_size=_int(r["chunk_size"]) or 0, discards=r["discards"],
                 zero=r["zero"] in ("zero", "1"), transaction_id=_int(r["transaction_id"]),
+                origin=r.get("origin", ""),
             ))
     return rows
 
@@ -154,6 +156,21 @@ def get_thin(vg: str, name: str) -> LV:
     lv = get_lv(vg, name)
     if not lv.is_thin or lv.thin_id is None:
         raise UsageError(f"{lv.full_name} is not a thin volume (segment type {lv.segtype})")
+    return lv
+
+
+def get_thin_in_pool(vg: str, name: str) -> LV:
+    """A thin volume all of whose data lives in its pool (what thin_delta can see).
+
+    A thin snapshot of an external origin reads its unprovisioned blocks from
+    that origin, which the pool's metadata knows nothing about.
+    """
+    lv = get_thin(vg, name)
+    if lv.origin:
+        origin = get_lv(vg, lv.origin)
+        if not origin.is_thin or origin.pool != lv.pool:
+            raise UsageError(f"{lv.full_name} has the external origin {origin.full_name}; "
+                             "lvdiff can only copy volumes whose data is all in the pool")
     return lv
 
 

@@ -571,6 +571,22 @@ def _write_all(fp: BinaryIO, data: bytes | memoryview) -> None:
         view = view[written:]
 
 
+def _placement_problem(offset: int, length: int, next_offset: int, volume_size: int
+                       ) -> str | None:
+    """Why a record may not sit at [offset, offset+length), or None.
+
+    One rule for writer and reader: records ascend without overlap (and not
+    before a resumed stream's start) and stay inside the volume.
+    """
+    if offset < next_offset:
+        return (f"at offset {offset} overlaps or precedes the previous record,"
+                f" which ends at {next_offset}")
+    if offset + length > volume_size:
+        return (f"at offset {offset} (length {length}) extends beyond the volume size"
+                f" {volume_size}")
+    return None
+
+
 # --------------------------------------------------------------------------- writer
 
 
@@ -621,16 +637,9 @@ class StreamWriter:
             raise ValueError("record length does not match its header")
         if rtype not in (RecordType.DATA, RecordType.ZERO):
             raise ValueError(f"write_record accepts DATA and ZERO records, not type {rtype:#04x}")
-        if offset < self._next_offset:
-            raise ValueError(
-                f"record at offset {offset} overlaps or precedes the previous record,"
-                f" which ends at {self._next_offset}"
-            )
-        if offset + length > self.header.volume_size:
-            raise ValueError(
-                f"record at offset {offset} (+{length}) extends beyond the volume size"
-                f" {self.header.volume_size}"
-            )
+        problem = _placement_problem(offset, length, self._next_offset, self.header.volume_size)
+        if problem:
+            raise ValueError(f"record {problem}")
         _write_all(self._fp, view)
         self._hash.update(view)
         self._next_offset = offset + length
@@ -845,16 +854,9 @@ class StreamReader:
             raise CorruptStream(
                 f"{kind} record at offset {offset} (length {length}) is not aligned to {SECTOR}"
             )
-        if offset < self._next_offset:
-            raise CorruptStream(
-                f"{kind} record at offset {offset} overlaps or precedes the previous record,"
-                f" which ends at {self._next_offset}"
-            )
-        if offset + length > self.header.volume_size:
-            raise CorruptStream(
-                f"{kind} record at offset {offset} (length {length}) extends beyond the"
-                f" volume size {self.header.volume_size}"
-            )
+        problem = _placement_problem(offset, length, self._next_offset, self.header.volume_size)
+        if problem:
+            raise CorruptStream(f"{kind} record {problem}")
 
     def _read_payload(self, stored: int, pcrc: int, what: str) -> bytes:
         payload = self._read_exact(stored, f"inside the payload of the {what}")

@@ -10,7 +10,10 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import signal
 import subprocess
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -151,3 +154,30 @@ def lv_names(vg: str) -> set[str]:
 
 def lv_tags(vg: str, lv: str) -> str:
     return sh("lvs", "--noheadings", "-o", "lv_tags", f"{vg}/{lv}").strip()
+
+
+def wait_for(cond: Callable[[], bool], what: str, timeout: float = 180) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.5)
+
+
+def lvpatch_cut_off(data: bytes, fraction: float, until: Callable[[], bool], *args: str,
+                    sig: int = signal.SIGKILL) -> subprocess.Popen[bytes]:
+    """Start lvpatch, feed it part of a stream, and signal it once ``until()`` holds.
+
+    Returns the process after it exited; its stdin is closed only then, so the
+    signal (not the end of input) is what stopped it.
+    """
+    proc = subprocess.Popen([str(BIN / "lvpatch"), *args], stdin=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdin is not None
+    proc.stdin.write(data[: int(len(data) * fraction)])
+    proc.stdin.flush()
+    wait_for(until, "lvpatch to get going")
+    time.sleep(1)
+    proc.send_signal(sig)
+    proc.wait(timeout=120)
+    proc.stdin.close()
+    return proc

@@ -131,6 +131,9 @@ def test_clear_one_line_errors(loop_vg, tools_generation):
     fails(2, "not p2", "-p", "p2", f"{vg.name}/t1")
     fails(2, "not a thin volume", f"{vg.name}/plain")
     fails(2, "needs a volume group", "t1")
+    sh("lvchange", "-q", "-an", "-p", "r", f"{vg.name}/plain")
+    sh("lvcreate", "-q", "-s", "--thinpool", f"{vg.name}/p1", "-n", "ext", f"{vg.name}/plain")
+    fails(2, "external origin", f"{vg.name}/ext")
     # a stream is read (and refused) before anything is asked of LVM
     res = tool("lvpatch", "-g", "novg", "-p", "pool", stdin=b"\x89LVDIFF\n")
     assert res.returncode == 3 and "truncated" in res.stderr.decode()

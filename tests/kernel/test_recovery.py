@@ -8,16 +8,21 @@ import signal
 import subprocess
 import time
 
-from .lvmrig import BIN, IMAGES, lv_names, lv_tags, sh, sha256_of, thin_tool, tool, write_at
+from .lvmrig import (
+    BIN,
+    IMAGES,
+    lv_names,
+    lv_tags,
+    lvpatch_cut_off,
+    sh,
+    sha256_of,
+    thin_tool,
+    tool,
+    wait_for,
+    write_at,
+)
 
 M = 1 << 20
-
-
-def wait_for(cond, what: str, timeout: float = 120) -> None:
-    end = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < end, f"timed out waiting for {what}"
-        time.sleep(0.5)
 
 
 def test_kill9_leftovers_are_recovered(loop_vg, tools_generation):
@@ -71,15 +76,8 @@ def test_kill9_leftovers_are_recovered(loop_vg, tools_generation):
     dst.thin("base", 32)
     base_sum = sha256_of(dst.dev("base"))
     data = stream.read_bytes()
-    proc = subprocess.Popen([str(BIN / "lvpatch"), "-g", dst.name, "-l", "base"],
-                            stdin=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    proc.stdin.write(data[: len(data) // 2])
-    proc.stdin.flush()
-    wait_for(lambda: "vol" in lv_names(dst.name), "lvpatch to create its target")
-    time.sleep(2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    proc.stdin.close()
+    created = lambda: "vol" in lv_names(dst.name)  # noqa: E731
+    lvpatch_cut_off(data, 1 / 2, created, "-g", dst.name, "-l", "base")
     assert lv_tags(dst.name, "vol") == "lvdiff_incomplete"  # lvs shows which is incomplete
     res = tool("lvpatch", "-g", dst.name, "--cleanup")
     assert res.returncode == 0 and "removed" in res.stderr.decode(), res.stderr.decode()
@@ -87,15 +85,7 @@ def test_kill9_leftovers_are_recovered(loop_vg, tools_generation):
     assert sha256_of(dst.dev("base")) == base_sum
 
     # killed again, and this time the next lvpatch cleans up by itself and restores
-    proc = subprocess.Popen([str(BIN / "lvpatch"), "-g", dst.name, "-l", "base"],
-                            stdin=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    proc.stdin.write(data[: len(data) // 3])
-    proc.stdin.flush()
-    wait_for(lambda: "vol" in lv_names(dst.name), "lvpatch to create its target")
-    time.sleep(1)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    proc.stdin.close()
+    lvpatch_cut_off(data, 1 / 3, created, "-g", dst.name, "-l", "base")
     res = tool("lvpatch", "-g", dst.name, "-l", "base", stdin=data)
     assert res.returncode == 0, res.stderr.decode()
     assert lv_tags(dst.name, "vol") == ""
@@ -124,17 +114,10 @@ def test_sigterm_cleans_up_at_once(loop_vg, tools_generation):
     assert res.returncode == 0, res.stderr.decode()
     dst = loop_vg(prefix="dst")
     dst.pool(size_mb=100)
-    proc = subprocess.Popen([str(BIN / "lvpatch"), "-g", dst.name, "-p", "pool"],
-                            stdin=subprocess.PIPE, stderr=subprocess.PIPE)
-    data = stream.read_bytes()
-    proc.stdin.write(data[: len(data) // 2])
-    proc.stdin.flush()
-    wait_for(lambda: "vol" in lv_names(dst.name), "lvpatch to create its target")
-    time.sleep(1)
-    proc.send_signal(signal.SIGTERM)  # while it waits for the rest of the stream
-    rc = proc.wait(timeout=120)
-    proc.stdin.close()
+    # SIGTERM while it waits for the rest of the stream
+    proc = lvpatch_cut_off(stream.read_bytes(), 1 / 2, lambda: "vol" in lv_names(dst.name),
+                           "-g", dst.name, "-p", "pool", sig=signal.SIGTERM)
     err = proc.stderr.read().decode()
-    assert rc == 130 and "interrupted" in err, err
+    assert proc.returncode == 130 and "interrupted" in err, err
     assert lv_names(dst.name) == {"pool"}, err
     stream.unlink()

@@ -4,20 +4,10 @@ from __future__ import annotations
 
 import random
 import re
-import signal
-import subprocess
-import time
 
-from .lvmrig import BIN, IMAGES, lv_names, lv_tags, sha256_of, tool, write_at
+from .lvmrig import IMAGES, lv_names, lv_tags, lvpatch_cut_off, sha256_of, tool, write_at
 
 M = 1 << 20
-
-
-def wait_for(cond, what: str, timeout: float = 180) -> None:
-    end = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < end, f"timed out waiting for {what}"
-        time.sleep(0.5)
 
 
 def test_cut_and_killed_restores_resume_bit_exact(loop_vg, tools_generation):
@@ -66,17 +56,9 @@ def test_cut_and_killed_restores_resume_bit_exact(loop_vg, tools_generation):
     assert sha256_of(dst.dev("new")) == sha256_of(src.dev("new"))
 
     # 3. kill -9 after a checkpoint: the tag on the volume is the durable point
-    proc = subprocess.Popen([str(BIN / "lvpatch"), "-s", "--checkpoint-mib", "8", "-g",
-                             dst.name, "-p", "pool", "again"], stdin=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL)
-    proc.stdin.write(data[: len(data) * 7 // 10])
-    proc.stdin.flush()
-    wait_for(lambda: "again" in lv_names(dst.name)
-             and "lvdiff_resume:" in lv_tags(dst.name, "again"), "a checkpoint")
-    time.sleep(1)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    proc.stdin.close()
+    lvpatch_cut_off(data, 7 / 10, lambda: "again" in lv_names(dst.name)
+                    and "lvdiff_resume:" in lv_tags(dst.name, "again"),
+                    "-s", "--checkpoint-mib", "8", "-g", dst.name, "-p", "pool", "again")
     token = tool("lvpatch", "-g", dst.name, "--resume-token", "again").stdout.decode().strip()
     res = tool("lvdiff", "--resume", token, f"{src.name}/new", generation=tools_generation,
                stdout_file=rest)
