@@ -131,6 +131,8 @@ class _Apply:
             if lvm.exists(vg, self.name):
                 raise UsageError(f"{vg}/{self.name} already exists; name the restored volume "
                                  "differently or remove it first")
+            if h.kind == "full":
+                lvm.get_pool(vg, lvm.check_name(self.pool or "", "pool name"))
             # Ctrl-C/SIGTERM wait until the create returns, so the volume is known
             # to us (and removed) rather than left half made.
             with _signals_deferred():

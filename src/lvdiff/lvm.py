@@ -159,6 +159,13 @@ def get_thin(vg: str, name: str) -> LV:
     return lv
 
 
+def get_pool(vg: str, name: str) -> LV:
+    lv = get_lv(vg, name)
+    if lv.segtype != "thin-pool":
+        raise UsageError(f"{lv.full_name} is not a thin pool (segment type {lv.segtype})")
+    return lv
+
+
 def get_thin_in_pool(vg: str, name: str) -> LV:
     """A thin volume all of whose data lives in its pool (what thin_delta can see).
 

@@ -134,6 +134,14 @@ def test_clear_one_line_errors(loop_vg, tools_generation):
     sh("lvchange", "-q", "-an", "-p", "r", f"{vg.name}/plain")
     sh("lvcreate", "-q", "-s", "--thinpool", f"{vg.name}/p1", "-n", "ext", f"{vg.name}/plain")
     fails(2, "external origin", f"{vg.name}/ext")
+    stream = IMAGES / "t1.lvd"
+    assert tool("lvdiff", f"{vg.name}/t1", generation=tools_generation,
+                stdout_file=stream).returncode == 0
+    for pool, text in (("nopool", "not found"), ("t2", "not a thin pool")):
+        res = tool("lvpatch", "-g", vg.name, "-p", pool, "copy", stdin_file=stream)
+        last = res.stderr.decode().strip().splitlines()[-1]  # after the announcement
+        assert res.returncode == 2 and last.startswith("lvpatch: error:") and text in last, last
+    assert "copy" not in lv_names(vg.name)
     # a stream is read (and refused) before anything is asked of LVM
     res = tool("lvpatch", "-g", "novg", "-p", "pool", stdin=b"\x89LVDIFF\n")
     assert res.returncode == 3 and "truncated" in res.stderr.decode()
