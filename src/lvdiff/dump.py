@@ -219,7 +219,9 @@ def send(extents: Iterable[Extent], dev: BlockDevice, writer: StreamWriter,
     progress = _progress(opt.progress)
 
     def work(e: Extent) -> list[bytes]:
-        return encode_extent(e.offset, dev.read(e.offset, e.length), opt.zstd_level)
+        data = dev.read(e.offset, e.length)
+        dev.drop_cache(e.offset, e.length)  # read once: keep the server's page cache
+        return encode_extent(e.offset, data, opt.zstd_level)
 
     def emit(item: Future[list[bytes]] | list[bytes]) -> None:
         records = item.result() if isinstance(item, Future) else item
