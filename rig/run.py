@@ -85,10 +85,28 @@ def kvm_works(kernel: str) -> bool:
     if stamp.exists():
         return stamp.read_text().strip() == "yes"
     marker = "LVDIFF-KVM-BOOTED"
-    cmd = ["timeout", "-k", "5", "90", vng_path(), "--force-9p", "--run", kernel,
-           "--memory", "1G", "--exec", f"echo {marker}"]
-    proc = subprocess.run(cmd, env=vng_env(), stdin=subprocess.DEVNULL,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
+    cmd = [
+        "timeout",
+        "-k",
+        "5",
+        "90",
+        vng_path(),
+        "--force-9p",
+        "--run",
+        kernel,
+        "--memory",
+        "1G",
+        "--exec",
+        f"echo {marker}",
+    ]
+    proc = subprocess.run(
+        cmd,
+        env=vng_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        check=False,
+    )
     ok = proc.returncode == 0 and marker in proc.stdout.decode(errors="replace")
     CACHE.mkdir(parents=True, exist_ok=True)
     stamp.write_text("yes\n" if ok else "no\n")
@@ -101,14 +119,34 @@ def run_in_vm(results: Path, command: list[str], timeout: int, memory: str, cpus
     use_kvm = kvm_works(kernel)
     inner = shlex.join([str(ROOT / "rig" / "env.sh"), str(results), *command])
     guest_cmd = f"cd {shlex.quote(str(ROOT))} && {inner}"
-    argv = ["timeout", "-k", "15", str(timeout), vng_path(), "--force-9p", "--run", kernel,
-            "--cpus", str(cpus), "--memory", memory, f"--rwdir={results}", "--exec", guest_cmd]
+    argv = [
+        "timeout",
+        "-k",
+        "15",
+        str(timeout),
+        vng_path(),
+        "--force-9p",
+        "--run",
+        kernel,
+        "--cpus",
+        str(cpus),
+        "--memory",
+        memory,
+        f"--rwdir={results}",
+        "--exec",
+        guest_cmd,
+    ]
     if not use_kvm:
         argv.insert(5, "--disable-kvm")
     log(f"booting {Path(kernel).name} ({'KVM' if use_kvm else 'TCG'}), results in {results}")
     # vng loses lines when stdout and stderr go to one file, so pump them through a pipe.
-    with subprocess.Popen(argv, env=vng_env(), stdin=subprocess.DEVNULL,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc:
+    with subprocess.Popen(
+        argv,
+        env=vng_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    ) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
             sys.stdout.buffer.write(line)
@@ -140,8 +178,9 @@ def main() -> int:
     ap.add_argument("--timeout", type=int, default=3600, help="seconds before the VM is killed")
     ap.add_argument("--memory", default="4G")
     ap.add_argument("--cpus", type=int, default=os.cpu_count() or 2)
-    ap.add_argument("--mode", choices=("auto", "vm", "direct"),
-                    default=os.environ.get("LVDIFF_RIG", "auto"))
+    ap.add_argument(
+        "--mode", choices=("auto", "vm", "direct"), default=os.environ.get("LVDIFF_RIG", "auto")
+    )
     ap.add_argument("command", nargs=argparse.REMAINDER)
     args = ap.parse_args()
     command = args.command[1:] if args.command[:1] == ["--"] else args.command

@@ -44,9 +44,15 @@ class ApplyResult:
     sha256: str
 
 
-def apply_stream(inp: BinaryIO, vg: str, base: str | None = None, pool: str | None = None,
-                 name: str | None = None, options: ApplyOptions | None = None,
-                 announce: Callable[[Header], None] | None = None) -> ApplyResult:
+def apply_stream(
+    inp: BinaryIO,
+    vg: str,
+    base: str | None = None,
+    pool: str | None = None,
+    name: str | None = None,
+    options: ApplyOptions | None = None,
+    announce: Callable[[Header], None] | None = None,
+) -> ApplyResult:
     """Rebuild NEW in ``vg`` from a stream: see the module docstring for the guarantees."""
     opt = options or ApplyOptions()
     reader = StreamReader(inp)
@@ -60,10 +66,23 @@ def apply_stream(inp: BinaryIO, vg: str, base: str | None = None, pool: str | No
 class _Apply:
     """One lvpatch run; ``stack`` holds the target lock for its whole life."""
 
-    def __init__(self, reader: StreamReader, vg: str, base: str | None, pool: str | None,
-                 name: str | None, opt: ApplyOptions) -> None:
-        self.reader, self.h, self.vg, self.base, self.pool, self.opt = \
-            reader, reader.header, vg, base, pool, opt
+    def __init__(
+        self,
+        reader: StreamReader,
+        vg: str,
+        base: str | None,
+        pool: str | None,
+        name: str | None,
+        opt: ApplyOptions,
+    ) -> None:
+        self.reader, self.h, self.vg, self.base, self.pool, self.opt = (
+            reader,
+            reader.header,
+            vg,
+            base,
+            pool,
+            opt,
+        )
         self.name = lvm.check_name(name or self.h.new["name"], "LV name")
         self.stack = ExitStack()
         self.target: lvm.LV | None = None  # a thin volume we write (None: --in-place non-thin)
@@ -77,8 +96,9 @@ class _Apply:
             if opt.in_place:
                 raise UsageError("--resume continues a volume lvpatch created; not --in-place")
         elif h.resume_offset is not None:
-            raise UsageError("this stream resumes an interrupted transfer: apply it with "
-                             "lvpatch --resume")
+            raise UsageError(
+                "this stream resumes an interrupted transfer: apply it with lvpatch --resume"
+            )
         elif h.kind == "incremental" and not self.base:
             raise UsageError("this is an incremental stream: give the base volume with -l BASE")
         elif h.kind == "full" and not (self.pool or (opt.in_place and self.base)):
@@ -94,11 +114,14 @@ class _Apply:
         ok = False
         try:
             path, label = self._prepare_target()
-            with _pool_full_is_named(self.target), \
-                    BlockDevice(path, writable=True, exclusive=True) as dev:
+            with (
+                _pool_full_is_named(self.target),
+                BlockDevice(path, writable=True, exclusive=True) as dev,
+            ):
                 if dev.size < self.h.volume_size:
-                    raise UsageError(f"{label} holds {dev.size} bytes; the stream needs "
-                                     f"{self.h.volume_size}")
+                    raise UsageError(
+                        f"{label} holds {dev.size} bytes; the stream needs {self.h.volume_size}"
+                    )
                 self._check_base(dev)
                 self._write(dev)
                 self._verify(dev, label)
@@ -113,8 +136,11 @@ class _Apply:
                     try:
                         lvm.remove(self.target)
                     except LvdiffError as e:
-                        print(f"lvpatch: could not remove the incomplete "
-                              f"{self.target.full_name}: {e}", file=sys.stderr)
+                        print(
+                            f"lvpatch: could not remove the incomplete "
+                            f"{self.target.full_name}: {e}",
+                            file=sys.stderr,
+                        )
 
     def _prepare_target(self) -> tuple[str, str]:
         h, vg, opt = self.h, self.vg, self.opt
@@ -129,8 +155,10 @@ class _Apply:
         else:
             cleanup(vg, locked=(self.name,))
             if lvm.exists(vg, self.name):
-                raise UsageError(f"{vg}/{self.name} already exists; name the restored volume "
-                                 "differently or remove it first")
+                raise UsageError(
+                    f"{vg}/{self.name} already exists; name the restored volume "
+                    "differently or remove it first"
+                )
             if h.kind == "full":
                 lvm.get_pool(vg, lvm.check_name(self.pool or "", "pool name"))
             # Ctrl-C/SIGTERM wait until the create returns, so the volume is known
@@ -139,12 +167,13 @@ class _Apply:
                 if h.kind == "incremental":
                     base_lv = lvm.get_thin(vg, self.base or "")
                     _check_base_identity(h, base_lv)
-                    self.target = lvm.create_snapshot(base_lv, self.name,
-                                                      tags=(lvm.TAG_INCOMPLETE,),
-                                                      activation_skip=False)
+                    self.target = lvm.create_snapshot(
+                        base_lv, self.name, tags=(lvm.TAG_INCOMPLETE,), activation_skip=False
+                    )
                 else:
-                    self.target = lvm.create_thin(vg, self.pool or "", self.name,
-                                                  h.volume_size, tags=(lvm.TAG_INCOMPLETE,))
+                    self.target = lvm.create_thin(
+                        vg, self.pool or "", self.name, h.volume_size, tags=(lvm.TAG_INCOMPLETE,)
+                    )
                 self.created = True
         lvm.activate(self.target)
         if self.created and self.target.size != h.volume_size and h.kind == "incremental":
@@ -157,35 +186,51 @@ class _Apply:
         lv = lvm.get_thin(self.vg, self.name)
         token = ResumeToken.from_tags(lv.tags)
         if lvm.TAG_INCOMPLETE not in lv.tags or token is None:
-            raise UsageError(f"{lv.full_name} is not an interrupted lvpatch target "
-                             "(no lvdiff_incomplete and lvdiff_resume tags)")
+            raise UsageError(
+                f"{lv.full_name} is not an interrupted lvpatch target "
+                "(no lvdiff_incomplete and lvdiff_resume tags)"
+            )
         mine = ResumeToken.for_stream(token.offset, h.detect_level, h.new_fingerprint)
         if mine != token:
-            raise StreamError(f"this stream does not continue {lv.full_name}: its NEW "
-                              f"differs from the interrupted transfer's (token {token})")
+            raise StreamError(
+                f"this stream does not continue {lv.full_name}: its NEW "
+                f"differs from the interrupted transfer's (token {token})"
+            )
         if (h.resume_offset or 0) > token.offset:
-            raise StreamError(f"this stream starts at byte {h.resume_offset}, past the "
-                              f"{token.offset} bytes {lv.full_name} holds: lvdiff --resume "
-                              f"{token}")
+            raise StreamError(
+                f"this stream starts at byte {h.resume_offset}, past the "
+                f"{token.offset} bytes {lv.full_name} holds: lvdiff --resume "
+                f"{token}"
+            )
         self.durable = token.offset
         return lv
 
     def _check_base(self, dev: BlockDevice) -> None:
         h = self.h
-        if h.kind != "incremental" or not self.opt.base_check or not h.base_fingerprint \
-                or self.opt.resume:  # a resumed target was checked, then written
+        if (
+            h.kind != "incremental"
+            or not self.opt.base_check
+            or not h.base_fingerprint
+            or self.opt.resume
+        ):  # a resumed target was checked, then written
             return
         fp = fpr.Fingerprint.from_dict(h.base_fingerprint)
         if not fpr.verify(fp, dev.read):
-            raise BaseMismatch(f"{self.vg}/{self.base} is not the base this stream was made "
-                               f"from ({h.base['name']}, check level {fp.level})")
+            raise BaseMismatch(
+                f"{self.vg}/{self.base} is not the base this stream was made "
+                f"from ({h.base['name']}, check level {fp.level})"
+            )
 
     def _write(self, dev: BlockDevice) -> None:
         h, opt, thin = self.h, self.opt, self.target
-        writer = ChunkWriter(dev, _target_chunk(thin), h.volume_size,
-                             fresh=self.created and h.kind == "full",
-                             discard=dev.discard_max_bytes > 0 and thin is not None,
-                             zero_fallback="write" if thin else "zeroout")
+        writer = ChunkWriter(
+            dev,
+            _target_chunk(thin),
+            h.volume_size,
+            fresh=self.created and h.kind == "full",
+            discard=dev.discard_max_bytes > 0 and thin is not None,
+            zero_fallback="write" if thin else "zeroout",
+        )
         bar = _progress_bar(opt.progress, h.volume_size)
         applied = self.durable
         try:
@@ -236,20 +281,23 @@ class _Apply:
         if token is None:
             return  # no durable point was ever recorded: nothing to resume from
         self.created = False  # keep it
-        print(f"lvpatch: kept the incomplete {self.target.full_name} (durable up to byte "
-              f"{token.offset}); resume with:\n  lvdiff --resume {token} ... | "
-              f"lvpatch --resume -g {self.vg} {self.name}", file=sys.stderr)
+        print(
+            f"lvpatch: kept the incomplete {self.target.full_name} (durable up to byte "
+            f"{token.offset}); resume with:\n  lvdiff --resume {token} ... | "
+            f"lvpatch --resume -g {self.vg} {self.name}",
+            file=sys.stderr,
+        )
 
     def _resume_tags(self) -> list[str]:
-        return [t for t in (self.target.tags if self.target else [])
-                if t.startswith(TAG_PREFIX)]
+        return [t for t in (self.target.tags if self.target else []) if t.startswith(TAG_PREFIX)]
 
     def _verify(self, dev: BlockDevice, label: str) -> None:
         if self.h.new_fingerprint:
             fp = fpr.Fingerprint.from_dict(self.h.new_fingerprint)
             if not fpr.verify(fp, dev.read):
-                raise VerifyFailed(f"{label} does not match the fingerprint of "
-                                   f"{self.h.new['name']} after writing")
+                raise VerifyFailed(
+                    f"{label} does not match the fingerprint of {self.h.new['name']} after writing"
+                )
 
 
 def cleanup(vg: str, resumable: bool = False, locked: tuple[str, ...] = ()) -> list[str]:
@@ -259,8 +307,10 @@ def cleanup(vg: str, resumable: bool = False, locked: tuple[str, ...] = ()) -> l
     """
     removed = lvm.remove_stale(vg, lvm.TAG_INCOMPLETE, resumable=resumable, locked=locked)
     for full_name in removed:
-        print(f"lvpatch: removed {full_name}, left incomplete by an interrupted lvpatch",
-              file=sys.stderr)
+        print(
+            f"lvpatch: removed {full_name}, left incomplete by an interrupted lvpatch",
+            file=sys.stderr,
+        )
     return removed
 
 
@@ -286,8 +336,10 @@ def _progress_bar(enabled: bool, total: int):  # noqa: ANN202 - tqdm is imported
 
 def _check_base_identity(h: Header, base_lv: lvm.LV) -> None:
     if h.base_size is not None and base_lv.size < h.base_size:
-        raise BaseMismatch(f"{base_lv.full_name} holds {base_lv.size} bytes; the stream's base "
-                           f"{h.base['name']} held {h.base_size}")
+        raise BaseMismatch(
+            f"{base_lv.full_name} holds {base_lv.size} bytes; the stream's base "
+            f"{h.base['name']} held {h.base_size}"
+        )
 
 
 def _target_chunk(thin: lvm.LV | None) -> int:

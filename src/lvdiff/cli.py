@@ -59,28 +59,52 @@ def lvdiff_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lvdiff",
         description="Write the blocks in which thin volume NEW differs from BASE (both in one "
-                    "thin pool) as a verifiable stream; with NEW alone, a full stream.",
+        "thin pool) as a verifiable stream; with NEW alone, a full stream.",
         epilog="Volumes are LV (with -g VG), VG/LV or /dev/VG/LV. A volume that is active and "
-               "writable is read through a temporary thin snapshot, so a mounted volume "
-               "gives a consistent point in time.\n\n" + EXIT_CODES,
+        "writable is read through a temporary thin snapshot, so a mounted volume "
+        "gives a consistent point in time.\n\n" + EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("volumes", nargs="+", metavar="BASE NEW",
-                   help="older volume then newer (as in diff OLD NEW), or NEW alone")
+    p.add_argument(
+        "volumes",
+        nargs="+",
+        metavar="BASE NEW",
+        help="older volume then newer (as in diff OLD NEW), or NEW alone",
+    )
     p.add_argument("-g", "--vg", help="volume group of volumes given by bare LV name")
     p.add_argument("-p", "--pool", help="thin pool the volumes must be in")
-    p.add_argument("-d", "--detect-level", type=_level, default=2, metavar="0..3",
-                   help="base check: 0 none, 1 head chunk, 2 head plus 64 random mapped "
-                        "chunks (default), 3 every chunk")
-    p.add_argument("--meta", "--pair", action="append", type=_parse_meta, default=[],
-                   metavar="KEY:VALUE", help="record a key:value pair (repeatable; split at "
-                                             "the first colon)")
+    p.add_argument(
+        "-d",
+        "--detect-level",
+        type=_level,
+        default=2,
+        metavar="0..3",
+        help="base check: 0 none, 1 head chunk, 2 head plus 64 random mapped "
+        "chunks (default), 3 every chunk",
+    )
+    p.add_argument(
+        "--meta",
+        "--pair",
+        action="append",
+        type=_parse_meta,
+        default=[],
+        metavar="KEY:VALUE",
+        help="record a key:value pair (repeatable; split at the first colon)",
+    )
     p.add_argument("-o", "--output", type=Path, help="write the stream to FILE, not stdout")
-    p.add_argument("--resume", metavar="TOKEN", type=_token,
-                   help="send only what an interrupted `lvpatch -s` still needs (the token it "
-                        "printed, or `lvpatch -g VG --resume-token NAME`); same volumes as before")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="show progress on stderr (default: when stderr is a terminal)")
+    p.add_argument(
+        "--resume",
+        metavar="TOKEN",
+        type=_token,
+        help="send only what an interrupted `lvpatch -s` still needs (the token it "
+        "printed, or `lvpatch -g VG --resume-token NAME`); same volumes as before",
+    )
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show progress on stderr (default: when stderr is a terminal)",
+    )
     p.add_argument("--version", action="version", version=f"lvdiff {__version__}")
     return p
 
@@ -89,9 +113,9 @@ def lvpatch_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lvpatch",
         description="Rebuild a volume from an lvdiff stream read on stdin: as a new thin "
-                    "snapshot NAME of BASE (incremental stream), or a new thin volume NAME "
-                    "in POOL (full stream). BASE is left untouched; on any failure NAME is "
-                    "removed.",
+        "snapshot NAME of BASE (incremental stream), or a new thin volume NAME "
+        "in POOL (full stream). BASE is left untouched; on any failure NAME is "
+        "removed.",
         epilog="NAME defaults to the name of NEW recorded in the stream.\n\n" + EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -100,27 +124,53 @@ def lvpatch_parser() -> argparse.ArgumentParser:
     p.add_argument("-l", "--lv", metavar="BASE", help="volume equal to the stream's base")
     p.add_argument("-p", "--pool", help="thin pool for a full stream")
     p.add_argument("-i", "--input", type=Path, help="read the stream from FILE, not stdin")
-    p.add_argument("--no-base-check", action="store_true",
-                   help="do not verify that BASE is the stream's base before writing")
-    p.add_argument("--in-place", action="store_true",
-                   help="write into the -l volume itself (for a target that is not thin). "
-                        "NOT ATOMIC: a failure leaves it half-written")
-    p.add_argument("-s", "--resumable", action="store_true",
-                   help="if interrupted (stream cut, Ctrl-C, I/O error), keep NAME and print a "
-                        "resume token instead of removing it")
-    p.add_argument("--checkpoint-mib", type=int, default=1024, metavar="MIB",
-                   help="with -s, make progress durable every MIB mebibytes (default 1024)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue NAME, kept by an interrupted `lvpatch -s`, from a stream made "
-                        "with `lvdiff --resume TOKEN`")
-    p.add_argument("--resume-token", action="store_true",
-                   help="only print the resume token of NAME")
-    p.add_argument("--cleanup", action="store_true",
-                   help="only remove volumes an interrupted lvpatch left incomplete in VG "
-                        "(tagged lvdiff_incomplete), including ones kept for --resume; every "
-                        "lvpatch run removes those not kept for --resume")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="show progress on stderr (default: when stderr is a terminal)")
+    p.add_argument(
+        "--no-base-check",
+        action="store_true",
+        help="do not verify that BASE is the stream's base before writing",
+    )
+    p.add_argument(
+        "--in-place",
+        action="store_true",
+        help="write into the -l volume itself (for a target that is not thin). "
+        "NOT ATOMIC: a failure leaves it half-written",
+    )
+    p.add_argument(
+        "-s",
+        "--resumable",
+        action="store_true",
+        help="if interrupted (stream cut, Ctrl-C, I/O error), keep NAME and print a "
+        "resume token instead of removing it",
+    )
+    p.add_argument(
+        "--checkpoint-mib",
+        type=int,
+        default=1024,
+        metavar="MIB",
+        help="with -s, make progress durable every MIB mebibytes (default 1024)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue NAME, kept by an interrupted `lvpatch -s`, from a stream made "
+        "with `lvdiff --resume TOKEN`",
+    )
+    p.add_argument(
+        "--resume-token", action="store_true", help="only print the resume token of NAME"
+    )
+    p.add_argument(
+        "--cleanup",
+        action="store_true",
+        help="only remove volumes an interrupted lvpatch left incomplete in VG "
+        "(tagged lvdiff_incomplete), including ones kept for --resume; every "
+        "lvpatch run removes those not kept for --resume",
+    )
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show progress on stderr (default: when stderr is a terminal)",
+    )
     p.add_argument("--version", action="version", version=f"lvpatch {__version__}")
     return p
 
@@ -134,11 +184,14 @@ def _fail(prog: str, err: BaseException) -> NoReturn:
 def _run(prog: str, body: Callable[[], int]) -> int:
     def on_term(_sig: int, _frame: object) -> None:
         raise KeyboardInterrupt
+
     signal.signal(signal.SIGTERM, on_term)
     try:
         if os.geteuid() != 0:
-            raise UsageError(f"{prog} must run as root: it reads and writes LVM volumes "
-                             "and device-mapper metadata")
+            raise UsageError(
+                f"{prog} must run as root: it reads and writes LVM volumes "
+                "and device-mapper metadata"
+            )
         return body()
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; cleaned up", file=sys.stderr)
@@ -156,15 +209,19 @@ def lvdiff_main(argv: Sequence[str] | None = None) -> int:
 
     def body() -> int:
         *base, new = [parse_lv_spec(v, args.vg) for v in args.volumes]
-        opts = DumpOptions(level=args.detect_level, meta=args.meta,
-                           thin_delta=os.environ.get("LVDIFF_THIN_DELTA", "thin_delta"),
-                           resume=args.resume,
-                           progress=sys.stderr.isatty() if args.progress is None
-                           else args.progress)
+        opts = DumpOptions(
+            level=args.detect_level,
+            meta=args.meta,
+            thin_delta=os.environ.get("LVDIFF_THIN_DELTA", "thin_delta"),
+            resume=args.resume,
+            progress=sys.stderr.isatty() if args.progress is None else args.progress,
+        )
         if args.output is None:
             if sys.stdout.isatty():
-                raise UsageError("refusing to write a binary stream to a terminal; "
-                                 "redirect stdout or use -o FILE")
+                raise UsageError(
+                    "refusing to write a binary stream to a terminal; "
+                    "redirect stdout or use -o FILE"
+                )
             result = dump(new, base[0] if base else None, sys.stdout.buffer, args.pool, opts)
             sys.stdout.buffer.flush()
             where = "-"
@@ -179,9 +236,11 @@ def lvdiff_main(argv: Sequence[str] | None = None) -> int:
                 args.output.unlink(missing_ok=True)
                 raise
         t = result.totals
-        print(f"lvdiff: {t.data_records} data records ({t.data_bytes} bytes, "
-              f"{t.stored_bytes} stored), {t.zero_records} zero ranges ({t.zero_bytes} bytes)",
-              file=sys.stderr)
+        print(
+            f"lvdiff: {t.data_records} data records ({t.data_bytes} bytes, "
+            f"{t.stored_bytes} stored), {t.zero_records} zero ranges ({t.zero_bytes} bytes)",
+            file=sys.stderr,
+        )
         print(f"{result.sha256}  {where}", file=sys.stderr)
         return 0
 
@@ -192,11 +251,13 @@ def describe(h: Header) -> str:
     """What lvpatch is about to restore, with every stream-supplied text escaped."""
     e = escape_for_terminal
     src = f"{e(h.vg)}/{e(h.new['name'])}"
-    lines = [f"lvpatch: restoring {src} ({h.kind}"
-             + (f" from {e(h.vg)}/{e(h.base['name'])})" if h.base else ")"),
-             f"  source pool {e(h.vg)}/{e(h.pool)}, size {h.volume_size} bytes, "
-             f"chunk {h.chunk_size} bytes",
-             f"  created {e(h.created)} by {e(h.tool)}, base check level {h.detect_level}"]
+    lines = [
+        f"lvpatch: restoring {src} ({h.kind}"
+        + (f" from {e(h.vg)}/{e(h.base['name'])})" if h.base else ")"),
+        f"  source pool {e(h.vg)}/{e(h.pool)}, size {h.volume_size} bytes, "
+        f"chunk {h.chunk_size} bytes",
+        f"  created {e(h.created)} by {e(h.tool)}, base check level {h.detect_level}",
+    ]
     lines += [f"  {e(k)}: {e(v)}" for k, v in h.meta]
     return "\n".join(lines)
 
@@ -217,11 +278,14 @@ def lvpatch_main(argv: Sequence[str] | None = None) -> int:
             removed = cleanup(args.vg, resumable=True)
             print(f"lvpatch: {len(removed)} incomplete volume(s) removed", file=sys.stderr)
             return 0
-        opts = ApplyOptions(base_check=not args.no_base_check, in_place=args.in_place,
-                            resumable=args.resumable or args.resume, resume=args.resume,
-                            checkpoint_bytes=max(1, args.checkpoint_mib) << 20,
-                            progress=sys.stderr.isatty() if args.progress is None
-                            else args.progress)
+        opts = ApplyOptions(
+            base_check=not args.no_base_check,
+            in_place=args.in_place,
+            resumable=args.resumable or args.resume,
+            resume=args.resume,
+            checkpoint_bytes=max(1, args.checkpoint_mib) << 20,
+            progress=sys.stderr.isatty() if args.progress is None else args.progress,
+        )
         if args.input is not None:
             try:
                 inp = open(args.input, "rb")  # noqa: SIM115
@@ -232,12 +296,20 @@ def lvpatch_main(argv: Sequence[str] | None = None) -> int:
                 raise UsageError("the stream comes on stdin: lvpatch ... < stream")
             inp = sys.stdin.buffer
         with inp:
-            res = apply_stream(inp, args.vg, base=args.lv, pool=args.pool, name=args.name,
-                               options=opts,
-                               announce=lambda h: print(describe(h), file=sys.stderr))
-        print(f"lvpatch: {res.target} restored and verified "
-              f"({res.totals.data_bytes} bytes written, {res.totals.zero_bytes} zeroed)",
-              file=sys.stderr)
+            res = apply_stream(
+                inp,
+                args.vg,
+                base=args.lv,
+                pool=args.pool,
+                name=args.name,
+                options=opts,
+                announce=lambda h: print(describe(h), file=sys.stderr),
+            )
+        print(
+            f"lvpatch: {res.target} restored and verified "
+            f"({res.totals.data_bytes} bytes written, {res.totals.zero_bytes} zeroed)",
+            file=sys.stderr,
+        )
         print(f"{res.sha256}  stream", file=sys.stderr)
         return 0
 

@@ -30,8 +30,10 @@ from .stream import Header, StreamWriter, Totals, encode_data, encode_zero
 from .thindelta import DeltaRange, check_version, thin_delta
 
 ZERO_GRAIN = 64 * 1024  # finest unit at which all-zero data is sent as ZERO
-MAPPED_KINDS = {"left": ("same", "different", "left_only"),
-                "right": ("same", "different", "right_only")}
+MAPPED_KINDS = {
+    "left": ("same", "different", "left_only"),
+    "right": ("same", "different", "right_only"),
+}
 
 
 @dataclass
@@ -52,8 +54,13 @@ class DumpResult:
     totals: Totals
 
 
-def dump(new: tuple[str, str], base: tuple[str, str] | None, out: BinaryIO,
-         pool: str | None = None, options: DumpOptions | None = None) -> DumpResult:
+def dump(
+    new: tuple[str, str],
+    base: tuple[str, str] | None,
+    out: BinaryIO,
+    pool: str | None = None,
+    options: DumpOptions | None = None,
+) -> DumpResult:
     """Write the stream that turns BASE into NEW (or a full stream of NEW)."""
     opt = options or DumpOptions()
     if opt.resume:  # the interrupted stream's level and seed, so fingerprints match
@@ -64,8 +71,10 @@ def dump(new: tuple[str, str], base: tuple[str, str] | None, out: BinaryIO,
     new_lv = lvm.get_thin_in_pool(*new)
     base_lv = lvm.get_thin_in_pool(*base) if base else None
     if base_lv and (base_lv.vg, base_lv.pool) != (new_lv.vg, new_lv.pool):
-        raise UsageError(f"{base_lv.full_name} (pool {base_lv.pool}) and {new_lv.full_name} "
-                         f"(pool {new_lv.pool}) are not in one thin pool")
+        raise UsageError(
+            f"{base_lv.full_name} (pool {base_lv.pool}) and {new_lv.full_name} "
+            f"(pool {new_lv.pool}) are not in one thin pool"
+        )
     if pool and new_lv.pool != pool:
         raise UsageError(f"{new_lv.full_name} is in pool {new_lv.pool}, not {pool}")
     vg, pool_name = new_lv.vg, new_lv.pool
@@ -87,6 +96,7 @@ def dump(new: tuple[str, str], base: tuple[str, str] | None, out: BinaryIO,
             def spans() -> Iterator[tuple[int, int]]:
                 with thin_delta(opt.thin_delta, meta_dev, snap1, src_new.thin_id) as d:
                     yield from _spans(d.ranges(), MAPPED_KINDS[side], chunk)
+
             return spans
 
         unit = fpr.unit_for(chunk)
@@ -94,15 +104,17 @@ def dump(new: tuple[str, str], base: tuple[str, str] | None, out: BinaryIO,
         base_fp = None
         if src_base:
             with BlockDevice(src_base.dev) as base_dev:
-                base_fp = fpr.compute(opt.level, base_dev.read, src_base.size, unit, seed,
-                                      mapped("left"))
-        new_fp = fpr.compute(opt.level, new_dev.read, src_new.size, unit, seed,
-                             mapped("right"))
+                base_fp = fpr.compute(
+                    opt.level, base_dev.read, src_base.size, unit, seed, mapped("left")
+                )
+        new_fp = fpr.compute(opt.level, new_dev.read, src_new.size, unit, seed, mapped("right"))
         resume_offset = None
         if opt.resume:
             if new_fp is None or new_fp.sha256[:32] != opt.resume.new_fp:
-                raise LvdiffError(f"{new_lv.full_name} is not what the interrupted transfer was "
-                                  "sending (its fingerprint differs); start a new transfer")
+                raise LvdiffError(
+                    f"{new_lv.full_name} is not what the interrupted transfer was "
+                    "sending (its fingerprint differs); start a new transfer"
+                )
             resume_offset = opt.resume.offset
 
         header = Header(
@@ -129,10 +141,8 @@ def dump(new: tuple[str, str], base: tuple[str, str] | None, out: BinaryIO,
             sb = delta.superblock
             assert sb is not None
             if sb.chunk_bytes != chunk:
-                raise LvdiffError(f"thin_delta reports {sb.chunk_bytes}-byte chunks, "
-                                  f"lvs {chunk}")
-            extents = plan(delta.ranges(), chunk, new_lv.size,
-                           base_lv.size if base_lv else None)
+                raise LvdiffError(f"thin_delta reports {sb.chunk_bytes}-byte chunks, lvs {chunk}")
+            extents = plan(delta.ranges(), chunk, new_lv.size, base_lv.size if base_lv else None)
             if resume_offset:
                 extents = skip_before(extents, resume_offset)
             send(extents, new_dev, writer, opt)
@@ -154,8 +164,9 @@ def _identity(lv: lvm.LV) -> dict[str, object]:
     return {"name": lv.name, "uuid": lv.uuid, "thin_id": lv.thin_id}
 
 
-def _spans(ranges: Iterable[DeltaRange], kinds: tuple[str, ...], chunk: int
-           ) -> Iterator[tuple[int, int]]:
+def _spans(
+    ranges: Iterable[DeltaRange], kinds: tuple[str, ...], chunk: int
+) -> Iterator[tuple[int, int]]:
     """Merged mapped byte spans of one side of a delta."""
     cur: list[int] | None = None
     for r in ranges:
@@ -191,17 +202,18 @@ def _point_in_time(stack: ExitStack, lv: lvm.LV) -> lvm.LV:
     return lv
 
 
-def encode_extent(offset: int, data: bytes, zstd_level: int | None,
-                  grain: int = ZERO_GRAIN) -> list[bytes]:
+def encode_extent(
+    offset: int, data: bytes, zstd_level: int | None, grain: int = ZERO_GRAIN
+) -> list[bytes]:
     """Records for one read: runs of all-zero grains become ZERO records."""
     zero = bytes(grain)
     out: list[bytes] = []
     n = len(data)
     i = 0
     while i < n:
-        is_zero = data[i:i + grain] == zero[: min(grain, n - i)]
+        is_zero = data[i : i + grain] == zero[: min(grain, n - i)]
         j = i + grain
-        while j < n and (data[j:j + grain] == zero[: min(grain, n - j)]) == is_zero:
+        while j < n and (data[j : j + grain] == zero[: min(grain, n - j)]) == is_zero:
             j += grain
         j = min(j, n)
         if is_zero:
@@ -212,8 +224,9 @@ def encode_extent(offset: int, data: bytes, zstd_level: int | None,
     return out
 
 
-def send(extents: Iterable[Extent], dev: BlockDevice, writer: StreamWriter,
-         opt: DumpOptions) -> None:
+def send(
+    extents: Iterable[Extent], dev: BlockDevice, writer: StreamWriter, opt: DumpOptions
+) -> None:
     """Bounded pipeline: worker threads read and compress, this thread writes in order."""
     depth = opt.workers * 2
     progress = _progress(opt.progress)
@@ -233,8 +246,9 @@ def send(extents: Iterable[Extent], dev: BlockDevice, writer: StreamWriter,
     try:
         queue: deque[Future[list[bytes]] | list[bytes]] = deque()
         for e in extents:
-            queue.append([encode_zero(e.offset, e.length)] if e.kind == ZERO
-                         else ex.submit(work, e))
+            queue.append(
+                [encode_zero(e.offset, e.length)] if e.kind == ZERO else ex.submit(work, e)
+            )
             while len(queue) > depth:
                 emit(queue.popleft())
         while queue:
@@ -256,4 +270,5 @@ def _progress(enabled: bool) -> Callable[[list[bytes] | None], None]:
             bar.close()
         else:
             bar.update(sum(len(r) for r in records))
+
     return update

@@ -45,8 +45,13 @@ class Fingerprint:
     seed: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"level": self.level, "algorithm": "sha256-of-sha256",
-                             "unit": self.unit, "size": self.size, "sha256": self.sha256}
+        d: dict[str, Any] = {
+            "level": self.level,
+            "algorithm": "sha256-of-sha256",
+            "unit": self.unit,
+            "size": self.size,
+            "sha256": self.sha256,
+        }
         if self.offsets is not None:
             d["offsets"] = self.offsets
         if self.seed is not None:
@@ -57,23 +62,33 @@ class Fingerprint:
     def from_dict(cls, d: Any) -> Fingerprint:
         """Parse and bound a fingerprint from a stream header (which may be hostile)."""
         try:
-            fp = cls(level=d["level"], unit=d["unit"], size=d["size"], sha256=d["sha256"],
-                     offsets=d.get("offsets"), seed=d.get("seed"))
+            fp = cls(
+                level=d["level"],
+                unit=d["unit"],
+                size=d["size"],
+                sha256=d["sha256"],
+                offsets=d.get("offsets"),
+                seed=d.get("seed"),
+            )
             ok = (
                 d.get("algorithm") == "sha256-of-sha256"
                 and all(type(v) is int for v in (fp.level, fp.unit, fp.size))
                 and fp.level in (1, 2, 3)
-                and 512 <= fp.unit <= UNIT_MAX and fp.unit & (fp.unit - 1) == 0
+                and 512 <= fp.unit <= UNIT_MAX
+                and fp.unit & (fp.unit - 1) == 0
                 and 0 < fp.size <= 1 << 63
-                and isinstance(fp.sha256, str) and len(fp.sha256) == 64
+                and isinstance(fp.sha256, str)
+                and len(fp.sha256) == 64
                 and int(fp.sha256, 16) >= 0
             )
             if ok and fp.level < 3:
                 offs = fp.offsets
-                ok = (isinstance(offs, list) and 0 < len(offs) <= SAMPLES + 1
-                      and all(type(o) is int and 0 <= o < fp.size and o % fp.unit == 0
-                              for o in offs)
-                      and all(a < b for a, b in zip(offs, offs[1:], strict=False)))
+                ok = (
+                    isinstance(offs, list)
+                    and 0 < len(offs) <= SAMPLES + 1
+                    and all(type(o) is int and 0 <= o < fp.size and o % fp.unit == 0 for o in offs)
+                    and all(a < b for a, b in zip(offs, offs[1:], strict=False))
+                )
             elif ok:
                 ok = fp.offsets is None
         except (KeyError, TypeError, ValueError, AttributeError):
@@ -83,8 +98,7 @@ class Fingerprint:
         return fp
 
 
-def _units_of(mapped: Iterable[tuple[int, int]], size: int, unit: int
-              ) -> Iterable[tuple[int, int]]:
+def _units_of(mapped: Iterable[tuple[int, int]], size: int, unit: int) -> Iterable[tuple[int, int]]:
     """(first unit, count) for mapped byte ranges, clipped to size."""
     for start, end in mapped:
         end = min(end, size)
@@ -93,8 +107,9 @@ def _units_of(mapped: Iterable[tuple[int, int]], size: int, unit: int
             yield first, (end + unit - 1) // unit - first
 
 
-def sample_units(mapped: Iterable[tuple[int, int]], size: int, unit: int, k: int,
-                 rng: random.Random) -> list[int]:
+def sample_units(
+    mapped: Iterable[tuple[int, int]], size: int, unit: int, k: int, rng: random.Random
+) -> list[int]:
     """Uniform sample of k mapped unit indices, in one pass over ranges.
 
     Li's Algorithm L: skips whole runs of units with geometric jumps, so the
@@ -124,8 +139,9 @@ def _skip(w: float, rng: random.Random) -> int:
     return math.floor(math.log(1.0 - rng.random()) / math.log1p(-w)) + 1
 
 
-def sample_offsets(level: int, mapped: Iterable[tuple[int, int]], size: int, unit: int,
-                   seed: int) -> list[int]:
+def sample_offsets(
+    level: int, mapped: Iterable[tuple[int, int]], size: int, unit: int, seed: int
+) -> list[int]:
     """Byte offsets of the units a level-1 or level-2 fingerprint covers."""
     units = {0}
     if level >= 2:
@@ -140,8 +156,9 @@ def digest_units(read: Reader, offsets: Iterable[int], size: int, unit: int) -> 
     return h.hexdigest()
 
 
-def digest_whole(read: Reader, size: int, unit: int,
-                 mapped: Iterable[tuple[int, int]] | None = None) -> str:
+def digest_whole(
+    read: Reader, size: int, unit: int, mapped: Iterable[tuple[int, int]] | None = None
+) -> str:
     """Level-3 digest: every unit, reading only mapped ones when mapping is known."""
     zero = hashlib.sha256(bytes(unit)).digest()
     h = hashlib.sha256()
@@ -152,7 +169,7 @@ def digest_whole(read: Reader, size: int, unit: int,
             n = min(READ_BATCH, end - start)
             buf = memoryview(read(start, n))
             for i in range(0, n, unit):
-                h.update(hashlib.sha256(buf[i:i + unit]).digest())
+                h.update(hashlib.sha256(buf[i : i + unit]).digest())
             start += n
 
     spans = mapped if mapped is not None else [(0, size)]
@@ -174,17 +191,30 @@ def digest_whole(read: Reader, size: int, unit: int,
     return h.hexdigest()
 
 
-def compute(level: int, read: Reader, size: int, unit: int, seed: int,
-            mapped: Callable[[], Iterable[tuple[int, int]]] | None) -> Fingerprint | None:
+def compute(
+    level: int,
+    read: Reader,
+    size: int,
+    unit: int,
+    seed: int,
+    mapped: Callable[[], Iterable[tuple[int, int]]] | None,
+) -> Fingerprint | None:
     """Fingerprint a volume on the source side; ``mapped`` gives its mapped byte ranges."""
     if level == 0:
         return None
     if level == 3:
-        return Fingerprint(3, unit, size, digest_whole(read, size, unit,
-                                                        mapped() if mapped else None))
+        return Fingerprint(
+            3, unit, size, digest_whole(read, size, unit, mapped() if mapped else None)
+        )
     offsets = sample_offsets(level, mapped() if mapped else [(0, size)], size, unit, seed)
-    return Fingerprint(level, unit, size, digest_units(read, offsets, size, unit), offsets,
-                       seed if level == 2 else None)
+    return Fingerprint(
+        level,
+        unit,
+        size,
+        digest_units(read, offsets, size, unit),
+        offsets,
+        seed if level == 2 else None,
+    )
 
 
 def verify(fp: Fingerprint, read: Reader) -> bool:

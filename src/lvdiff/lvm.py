@@ -25,8 +25,10 @@ TAG_TEMP = "lvdiff_temp"  # on lvdiff's point-in-time snapshots
 LOCK_DIR = Path("/run/lock/lvdiff")
 _NAME_RE = re.compile(r"^[A-Za-z0-9+_.][A-Za-z0-9+_.-]*$")
 
-LV_FIELDS = ("vg_name,lv_name,lv_uuid,lv_attr,lv_size,segtype,pool_lv,thin_id,lv_tags,"
-             "chunk_size,discards,zero,transaction_id,lv_active,origin")
+LV_FIELDS = (
+    "vg_name,lv_name,lv_uuid,lv_attr,lv_size,segtype,pool_lv,thin_id,lv_tags,"
+    "chunk_size,discards,zero,transaction_id,lv_active,origin"
+)
 
 
 def run(argv: list[str], input: bytes | None = None) -> str:
@@ -34,8 +36,9 @@ def run(argv: list[str], input: bytes | None = None) -> str:
     try:
         proc = subprocess.run(argv, input=input, capture_output=True, env=env, check=False)
     except FileNotFoundError:
-        raise UsageError(f"{argv[0]} not found: install lvm2 (and thin-provisioning-tools)") \
-            from None
+        raise UsageError(
+            f"{argv[0]} not found: install lvm2 (and thin-provisioning-tools)"
+        ) from None
     if proc.returncode != 0:
         raise CommandFailed(argv, proc.returncode, proc.stderr.decode(errors="replace"))
     return proc.stdout.decode(errors="replace")
@@ -113,19 +116,30 @@ def _int(v: str) -> int | None:
 
 def lvs(*specs: str) -> list[LV]:
     """Report on VG or VG/LV names; an unknown name raises CommandFailed from lvs."""
-    out = run(["lvs", "--reportformat", "json", "--units", "b", "--nosuffix",
-               "-o", LV_FIELDS, *specs])
+    out = run(
+        ["lvs", "--reportformat", "json", "--units", "b", "--nosuffix", "-o", LV_FIELDS, *specs]
+    )
     rows = []
     for report in json.loads(out).get("report", []):
         for r in report.get("lv", []):
-            rows.append(LV(
-                vg=r["vg_name"], name=r["lv_name"], uuid=r["lv_uuid"], attr=r["lv_attr"],
-                size=_int(r["lv_size"]) or 0, segtype=r["segtype"], pool=r["pool_lv"],
-                thin_id=_int(r["thin_id"]), tags=[t for t in r["lv_tags"].split(",") if t],
-                chunk_size=_int(r["chunk_size"]) or 0, discards=r["discards"],
-                zero=r["zero"] in ("zero", "1"), transaction_id=_int(r["transaction_id"]),
-                origin=r.get("origin", ""),
-            ))
+            rows.append(
+                LV(
+                    vg=r["vg_name"],
+                    name=r["lv_name"],
+                    uuid=r["lv_uuid"],
+                    attr=r["lv_attr"],
+                    size=_int(r["lv_size"]) or 0,
+                    segtype=r["segtype"],
+                    pool=r["pool_lv"],
+                    thin_id=_int(r["thin_id"]),
+                    tags=[t for t in r["lv_tags"].split(",") if t],
+                    chunk_size=_int(r["chunk_size"]) or 0,
+                    discards=r["discards"],
+                    zero=r["zero"] in ("zero", "1"),
+                    transaction_id=_int(r["transaction_id"]),
+                    origin=r.get("origin", ""),
+                )
+            )
     return rows
 
 
@@ -176,8 +190,10 @@ def get_thin_in_pool(vg: str, name: str) -> LV:
     if lv.origin:
         origin = get_lv(vg, lv.origin)
         if not origin.is_thin or origin.pool != lv.pool:
-            raise UsageError(f"{lv.full_name} has the external origin {origin.full_name}; "
-                             "lvdiff can only copy volumes whose data is all in the pool")
+            raise UsageError(
+                f"{lv.full_name} has the external origin {origin.full_name}; "
+                "lvdiff can only copy volumes whose data is all in the pool"
+            )
     return lv
 
 
@@ -242,15 +258,18 @@ def _flock(path: Path, busy: str | None) -> Iterator[bool]:
 
 def pool_lock(vg: str, pool: str) -> AbstractContextManager[bool]:
     """Serialise our own runs on one pool: it holds at most one metadata snapshot."""
-    return _flock(LOCK_DIR / f"{dm_name(vg, pool)}.lock",
-                  f"lvdiff: waiting for another lvdiff on {vg}/{pool}")
+    return _flock(
+        LOCK_DIR / f"{dm_name(vg, pool)}.lock", f"lvdiff: waiting for another lvdiff on {vg}/{pool}"
+    )
 
 
 def target_lock(vg: str, name: str, wait: bool = True) -> AbstractContextManager[bool]:
     """Held by lvpatch while it builds vg/name: an incomplete volume whose lock is
     free belongs to an lvpatch that died."""
-    return _flock(LOCK_DIR / f"{dm_name(vg, name)}.lvpatch.lock",
-                  f"lvpatch: waiting for another lvpatch on {vg}/{name}" if wait else None)
+    return _flock(
+        LOCK_DIR / f"{dm_name(vg, name)}.lvpatch.lock",
+        f"lvpatch: waiting for another lvpatch on {vg}/{name}" if wait else None,
+    )
 
 
 def _held_marker(vg: str, pool: str) -> Path:
@@ -276,9 +295,12 @@ def metadata_snapshot(vg: str, pool: str) -> Iterator[str]:
             raise LvdiffError(
                 f"thin pool {vg}/{pool} already has a metadata snapshot held by another "
                 f"tool; when it is done, release it with: "
-                f"dmsetup message {tpool} 0 release_metadata_snap")
-        print(f"lvdiff: releasing the metadata snapshot a killed lvdiff left on {vg}/{pool}",
-              file=sys.stderr)
+                f"dmsetup message {tpool} 0 release_metadata_snap"
+            )
+        print(
+            f"lvdiff: releasing the metadata snapshot a killed lvdiff left on {vg}/{pool}",
+            file=sys.stderr,
+        )
         run(["dmsetup", "message", tpool, "0", "release_metadata_snap"])
     marker.unlink(missing_ok=True)
     run(["dmsetup", "message", tpool, "0", "reserve_metadata_snap"])
@@ -290,8 +312,9 @@ def metadata_snapshot(vg: str, pool: str) -> Iterator[str]:
         marker.unlink(missing_ok=True)
 
 
-def remove_stale(vg: str, tag: str, pool: str | None = None,
-                 resumable: bool = False, locked: Sequence[str] = ()) -> list[str]:
+def remove_stale(
+    vg: str, tag: str, pool: str | None = None, resumable: bool = False, locked: Sequence[str] = ()
+) -> list[str]:
     """Remove volumes a killed lvdiff/lvpatch left behind (tagged by us).
 
     lvdiff's temporary snapshots are stale whenever we hold the pool lock;
@@ -328,8 +351,9 @@ def deactivate(lv: LV) -> None:
     run(["lvchange", "-an", lv.full_name])
 
 
-def create_snapshot(origin: LV, name: str, tags: tuple[str, ...] = (),
-                    activation_skip: bool = True) -> LV:
+def create_snapshot(
+    origin: LV, name: str, tags: tuple[str, ...] = (), activation_skip: bool = True
+) -> LV:
     argv = ["lvcreate", "-q", "-s", "-n", name, "-k", "y" if activation_skip else "n"]
     for t in tags:
         argv += ["--addtag", t]

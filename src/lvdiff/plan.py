@@ -46,8 +46,13 @@ def classify(r: DeltaRange, chunk: int, base_size: int | None) -> Iterator[Exten
         yield Extent(DATA, start, end - start)
 
 
-def plan(ranges: Iterable[DeltaRange], chunk: int, new_size: int,
-         base_size: int | None, max_read: int = MAX_READ) -> Iterator[Extent]:
+def plan(
+    ranges: Iterable[DeltaRange],
+    chunk: int,
+    new_size: int,
+    base_size: int | None,
+    max_read: int = MAX_READ,
+) -> Iterator[Extent]:
     """Extents in ascending order, clamped to NEW's size, merged, data split for reading.
 
     Ranges can run past the end of a shrunk volume: they are clamped here.

@@ -52,7 +52,13 @@ class ResumeToken:
     def for_stream(cls, offset: int, level: int, new_fingerprint: dict | None) -> ResumeToken:
         """The token for a stream's NEW fingerprint, durable up to ``offset``."""
         if not new_fingerprint:
-            raise UsageError("a stream made with -d 0 cannot be resumed: nothing identifies "
-                             "NEW; make it with -d 1 or more")
-        return cls(offset, level, int(new_fingerprint.get("seed") or 0),
-                   str(new_fingerprint["sha256"])[:32])
+            raise UsageError(
+                "a stream made with -d 0 cannot be resumed: nothing identifies "
+                "NEW; make it with -d 1 or more"
+            )
+        return cls(
+            offset,
+            level,
+            int(new_fingerprint.get("seed") or 0),
+            str(new_fingerprint["sha256"])[:32],
+        )

@@ -571,19 +571,19 @@ def _write_all(fp: BinaryIO, data: bytes | memoryview) -> None:
         view = view[written:]
 
 
-def _placement_problem(offset: int, length: int, next_offset: int, volume_size: int
-                       ) -> str | None:
+def _placement_problem(offset: int, length: int, next_offset: int, volume_size: int) -> str | None:
     """Why a record may not sit at [offset, offset+length), or None.
 
     One rule for writer and reader: records ascend without overlap (and not
     before a resumed stream's start) and stay inside the volume.
     """
     if offset < next_offset:
-        return (f"at offset {offset} overlaps or precedes the previous record,"
-                f" which ends at {next_offset}")
+        return (
+            f"at offset {offset} overlaps or precedes the previous record,"
+            f" which ends at {next_offset}"
+        )
     if offset + length > volume_size:
-        return (f"at offset {offset} (length {length}) extends beyond the volume size"
-                f" {volume_size}")
+        return f"at offset {offset} (length {length}) extends beyond the volume size {volume_size}"
     return None
 
 

@@ -70,9 +70,7 @@ def check_version(thin_delta: str = "thin_delta") -> tuple[int, int, int]:
     try:
         proc = subprocess.run([thin_delta, "--version"], capture_output=True, check=False)
     except FileNotFoundError:
-        raise UsageError(
-            f"{thin_delta} not found: install thin-provisioning-tools"
-        ) from None
+        raise UsageError(f"{thin_delta} not found: install thin-provisioning-tools") from None
     version = parse_version(proc.stdout.decode(errors="replace") or proc.stderr.decode())
     if _BROKEN[0] <= version <= _BROKEN[1]:
         raise UsageError(
@@ -166,8 +164,7 @@ class DeltaStream:
             except (KeyError, ValueError):
                 raise DeltaParseError(f"bad thin_delta range {elem.attrib}") from None
             if r.begin < last_end or r.length <= 0:
-                raise DeltaParseError(
-                    f"thin_delta ranges out of order or empty at chunk {r.begin}")
+                raise DeltaParseError(f"thin_delta ranges out of order or empty at chunk {r.begin}")
             last_end = r.end
             yield r
 

@@ -24,8 +24,16 @@ class ChunkWriter:
     chunk can be flushed as soon as a record starts past it.
     """
 
-    def __init__(self, dev: BlockDevice, chunk: int, size: int, *, fresh: bool,
-                 discard: bool, zero_fallback: str = "write") -> None:
+    def __init__(
+        self,
+        dev: BlockDevice,
+        chunk: int,
+        size: int,
+        *,
+        fresh: bool,
+        discard: bool,
+        zero_fallback: str = "write",
+    ) -> None:
         self.dev = dev
         self.chunk = chunk
         self.size = size  # bytes of NEW; the device may be larger (extent rounding)
@@ -69,15 +77,15 @@ class ChunkWriter:
                 if data is None:
                     self._zero_whole(pos, run_end)
                 else:
-                    self.dev.write(pos, data[pos - offset:run_end - offset])
+                    self.dev.write(pos, data[pos - offset : run_end - offset])
                 pos = run_end
             else:
                 piece_end = min(end, cend)
                 buf = self._partial(idx)
                 if data is None:
-                    buf[pos - cstart:piece_end - cstart] = bytes(piece_end - pos)
+                    buf[pos - cstart : piece_end - cstart] = bytes(piece_end - pos)
                 else:
-                    buf[pos - cstart:piece_end - cstart] = data[pos - offset:piece_end - offset]
+                    buf[pos - cstart : piece_end - cstart] = data[pos - offset : piece_end - offset]
                 pos = piece_end
 
     def data(self, offset: int, data: bytes) -> None:

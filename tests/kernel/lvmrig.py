@@ -62,11 +62,31 @@ class LoopVG:
         self.loop = sh("losetup", "-f", "--show", self.image).strip()
         sh("vgcreate", "-q", "-s", "1m", self.name, self.loop)
 
-    def pool(self, name: str = "pool", size_mb: int = 256, chunk_kb: int = 64,
-             zero: bool = True, metadata_mb: int = 8) -> str:
-        sh("lvcreate", "-q", "--type", "thin-pool", "-L", f"{size_mb}m",
-           "--poolmetadatasize", f"{metadata_mb}m", "-c", f"{chunk_kb}k",
-           "-Z", "y" if zero else "n", "-n", name, self.name)
+    def pool(
+        self,
+        name: str = "pool",
+        size_mb: int = 256,
+        chunk_kb: int = 64,
+        zero: bool = True,
+        metadata_mb: int = 8,
+    ) -> str:
+        sh(
+            "lvcreate",
+            "-q",
+            "--type",
+            "thin-pool",
+            "-L",
+            f"{size_mb}m",
+            "--poolmetadatasize",
+            f"{metadata_mb}m",
+            "-c",
+            f"{chunk_kb}k",
+            "-Z",
+            "y" if zero else "n",
+            "-n",
+            name,
+            self.name,
+        )
         return name
 
     def thin(self, name: str, size_mb: int, pool: str = "pool") -> str:
@@ -131,17 +151,29 @@ def sha256_of(dev: str) -> str:
 BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin"
 
 
-def tool(name: str, *args: str | int, generation: str = "0.9", stdin: bytes | None = None,
-         stdin_file: Path | None = None, stdout_file: Path | None = None,
-         env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+def tool(
+    name: str,
+    *args: str | int,
+    generation: str = "0.9",
+    stdin: bytes | None = None,
+    stdin_file: Path | None = None,
+    stdout_file: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[bytes]:
     """Run the lvdiff or lvpatch command as a user would, with one thin_delta generation."""
     env = {**os.environ, "LVDIFF_THIN_DELTA": thin_tool(generation, "thin_delta"), **(env or {})}
     inp = open(stdin_file, "rb") if stdin_file else None  # noqa: SIM115
     out = open(stdout_file, "wb") if stdout_file else None  # noqa: SIM115
     try:
-        return subprocess.run([str(BIN / name), *map(str, args)], env=env, check=False,
-                              input=stdin, stdin=inp if stdin is None else None,
-                              stdout=out or subprocess.PIPE, stderr=subprocess.PIPE)
+        return subprocess.run(
+            [str(BIN / name), *map(str, args)],
+            env=env,
+            check=False,
+            input=stdin,
+            stdin=inp if stdin is None else None,
+            stdout=out or subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
     finally:
         for f in (inp, out):
             if f:
@@ -163,15 +195,17 @@ def wait_for(cond: Callable[[], bool], what: str, timeout: float = 180) -> None:
         time.sleep(0.5)
 
 
-def lvpatch_cut_off(data: bytes, fraction: float, until: Callable[[], bool], *args: str,
-                    sig: int = signal.SIGKILL) -> subprocess.Popen[bytes]:
+def lvpatch_cut_off(
+    data: bytes, fraction: float, until: Callable[[], bool], *args: str, sig: int = signal.SIGKILL
+) -> subprocess.Popen[bytes]:
     """Start lvpatch, feed it part of a stream, and signal it once ``until()`` holds.
 
     Returns the process after it exited; its stdin is closed only then, so the
     signal (not the end of input) is what stopped it.
     """
-    proc = subprocess.Popen([str(BIN / "lvpatch"), *args], stdin=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [str(BIN / "lvpatch"), *args], stdin=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     assert proc.stdin is not None
     proc.stdin.write(data[: int(len(data) * fraction)])
     proc.stdin.flush()

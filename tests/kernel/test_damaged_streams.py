@@ -27,21 +27,31 @@ def make_stream(base: bytes, rnd: random.Random) -> tuple[bytes, bytes]:
     records = []
     for off, n in ((0, 64 * 1024), (M + 512, 3 * 4096), (3 * M, M), (6 * M, 512 * 3)):
         data = rnd.randbytes(n)
-        new[off:off + n] = data
+        new[off : off + n] = data
         records.append(encode_data(off, data, 3 if off == 3 * M else None))
     records.insert(2, encode_zero(2 * M, 256 * 1024))
-    new[2 * M:2 * M + 256 * 1024] = bytes(256 * 1024)
+    new[2 * M : 2 * M + 256 * 1024] = bytes(256 * 1024)
     records.append(encode_zero(7 * M, M))
-    new[7 * M:] = bytes(M)
+    new[7 * M :] = bytes(M)
 
     def fp(buf: bytes) -> dict:
-        return fpr.compute(3, lambda o, n: buf[o:o + n], SIZE, 64 * 1024, 0, None).to_dict()
+        return fpr.compute(3, lambda o, n: buf[o : o + n], SIZE, 64 * 1024, 0, None).to_dict()
 
-    h = Header(kind="incremental", volume_size=SIZE, base_size=SIZE, chunk_size=65536,
-               vg="src", pool="pool", transaction_id=3,
-               base={"name": "base", "uuid": "b", "thin_id": 1},
-               new={"name": "new", "uuid": "n", "thin_id": 2}, compression="zstd",
-               detect_level=3, base_fingerprint=fp(base), new_fingerprint=fp(bytes(new)))
+    h = Header(
+        kind="incremental",
+        volume_size=SIZE,
+        base_size=SIZE,
+        chunk_size=65536,
+        vg="src",
+        pool="pool",
+        transaction_id=3,
+        base={"name": "base", "uuid": "b", "thin_id": 1},
+        new={"name": "new", "uuid": "n", "thin_id": 2},
+        compression="zstd",
+        detect_level=3,
+        base_fingerprint=fp(base),
+        new_fingerprint=fp(bytes(new)),
+    )
     out = io.BytesIO()
     w = StreamWriter(out, h)
     for r in records:
@@ -56,7 +66,7 @@ def boundaries(stream: bytes) -> list[int]:
     pos = 16 + hlen + 4
     marks = [16, pos]
     while pos < len(stream):
-        (stored,) = struct.unpack(">I", stream[pos + 4:pos + 8])
+        (stored,) = struct.unpack(">I", stream[pos + 4 : pos + 8])
         pos += 32 + stored
         marks.append(pos)
     return marks
@@ -86,13 +96,17 @@ def test_every_truncation_flip_and_splice_is_refused(loop_vg):
     for cut in marks[:-1]:  # at every record boundary, including before END
         refused(stream[:cut], f"cut at {cut}")
     refused(stream[: marks[4] + 40], "cut inside a payload")
-    for name, pos in (("header JSON", 40), ("record header", marks[2] + 9),
-                      ("payload", marks[3] + 100), ("END", len(stream) - 5)):
+    for name, pos in (
+        ("header JSON", 40),
+        ("record header", marks[2] + 9),
+        ("payload", marks[3] + 100),
+        ("END", len(stream) - 5),
+    ):
         flipped = bytearray(stream)
         flipped[pos] ^= 0x04
         refused(bytes(flipped), f"bit flip in {name}")
     # spliced: this stream's header and first records, the other's from there on
-    refused(stream[: marks[4]] + other[boundaries(other)[4]:], "spliced")
+    refused(stream[: marks[4]] + other[boundaries(other)[4] :], "spliced")
     assert sha256_of(base_dev) == base_sum  # BASE never changed
 
     res = tool("lvpatch", "-g", dst.name, "-l", "base", stdin=stream)

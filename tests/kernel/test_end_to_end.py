@@ -30,9 +30,21 @@ def test_seed_example_mounted_volume(loop_vg, tools_generation, tmp_path_factory
             f.write("hello world\n")
         os.sync()
         diff_file = IMAGES / "test.diff"
-        res = tool("lvdiff", "-g", vg0.name, "--pair", "Author:BigVan (alpc_metic@live.com)",
-                   "--pair", "Message: hello world", "--meta", "url:http://x:8080/y",
-                   "sp0", "vol0", generation=tools_generation, stdout_file=diff_file)
+        res = tool(
+            "lvdiff",
+            "-g",
+            vg0.name,
+            "--pair",
+            "Author:BigVan (alpc_metic@live.com)",
+            "--pair",
+            "Message: hello world",
+            "--meta",
+            "url:http://x:8080/y",
+            "sp0",
+            "vol0",
+            generation=tools_generation,
+            stdout_file=diff_file,
+        )
         assert res.returncode == 0, res.stderr.decode()
     finally:
         sh("umount", mnt)
@@ -47,8 +59,9 @@ def test_seed_example_mounted_volume(loop_vg, tools_generation, tmp_path_factory
     vg1.pool("pool0", size_mb=200)
     sp0 = vg1.thin("sp0", 64, pool="pool0")
     before = sha256_of(sp0)
-    res = tool("lvpatch", "-g", vg1.name, "-l", "sp0", generation=tools_generation,
-               stdin_file=diff_file)
+    res = tool(
+        "lvpatch", "-g", vg1.name, "-l", "sp0", generation=tools_generation, stdin_file=diff_file
+    )
     assert res.returncode == 0, res.stderr.decode()
     out = res.stderr.decode()
     assert "Author: BigVan (alpc_metic@live.com)" in out
@@ -99,16 +112,33 @@ def test_full_then_incremental_chain_bit_exact(loop_vg, tools_generation):
         snap = f"s{step}"
         src.snapshot("vol", snap)
         stream = IMAGES / f"{snap}.lvd"
-        args = ["-d", level, f"{src.name}/{snap}"] if prev is None else \
-            ["-d", level, f"{src.name}/{prev}", f"{src.name}/{snap}"]
+        args = (
+            ["-d", level, f"{src.name}/{snap}"]
+            if prev is None
+            else ["-d", level, f"{src.name}/{prev}", f"{src.name}/{snap}"]
+        )
         res = tool("lvdiff", *args, generation=tools_generation, stdout_file=stream)
         assert res.returncode == 0, res.stderr.decode()
         if prev is None:
-            res = tool("lvpatch", "-g", dst.name, "-p", "pool", generation=tools_generation,
-                       stdin_file=stream)
+            res = tool(
+                "lvpatch",
+                "-g",
+                dst.name,
+                "-p",
+                "pool",
+                generation=tools_generation,
+                stdin_file=stream,
+            )
         else:
-            res = tool("lvpatch", "-g", dst.name, "-l", prev, generation=tools_generation,
-                       stdin_file=stream)
+            res = tool(
+                "lvpatch",
+                "-g",
+                dst.name,
+                "-l",
+                prev,
+                generation=tools_generation,
+                stdin_file=stream,
+            )
         assert res.returncode == 0, res.stderr.decode()
         assert sha256_of(dst.dev(snap)) == sha256_of(src.dev(snap)), f"step {step}"
         stream.unlink()
@@ -129,8 +159,17 @@ def pair(loop_vg, tools_generation):
     write_at(vol, 6 * M, rnd.randbytes(3 * M))
     src.snapshot("vol", "new")
     stream = IMAGES / f"pair-{src.name}.lvd"
-    res = tool("lvdiff", "-d", "2", "--meta", "k:v", f"{src.name}/base", f"{src.name}/new",
-               generation=tools_generation, stdout_file=stream)
+    res = tool(
+        "lvdiff",
+        "-d",
+        "2",
+        "--meta",
+        "k:v",
+        f"{src.name}/base",
+        f"{src.name}/new",
+        generation=tools_generation,
+        stdout_file=stream,
+    )
     assert res.returncode == 0, res.stderr.decode()
     full = IMAGES / f"full-{src.name}.lvd"
     res = tool("lvdiff", f"{src.name}/base", generation=tools_generation, stdout_file=full)
@@ -175,8 +214,7 @@ def test_wrong_base_refused_unless_no_base_check(pair):
     write_at(dst.dev("base"), 100, b"not the base")  # inside the head chunk NEW rewrites
     err = lvpatch_fails(dst, data, 4)
     assert "not the base" in err
-    res = tool("lvpatch", "-g", dst.name, "-l", "base", "--no-base-check", "restored",
-               stdin=data)
+    res = tool("lvpatch", "-g", dst.name, "-l", "base", "--no-base-check", "restored", stdin=data)
     assert res.returncode == 0, res.stderr.decode()
     assert sha256_of(dst.dev("restored")) == sha256_of(src.dev("new"))
     res = tool("lvpatch", "-g", dst.name, "-l", "base", "restored", stdin=data)

@@ -29,16 +29,17 @@ class ErrorVG(LoopVG):
         self.lower = sh("losetup", "-f", "--show", self.image).strip()
         self.dm = f"{self.name}-under"
         self.sectors = self.size_mb * 2048
-        sh("dmsetup", "create", self.dm, "--table",
-           f"0 {self.sectors} linear {self.lower} 2048")
+        sh("dmsetup", "create", self.dm, "--table", f"0 {self.sectors} linear {self.lower} 2048")
         self.loop = sh("losetup", "-f", "--show", f"/dev/mapper/{self.dm}").strip()
         sh("vgcreate", "-q", "-s", "1m", self.name, self.loop)
 
     def fail_range(self, start: int, length: int) -> None:
         """Make bytes [start, start+length) of the PV return EIO."""
         s, n = start // 512, length // 512
-        table = (f"0 {s} linear {self.lower} 2048\n{s} {n} error\n"
-                 f"{s + n} {self.sectors - s - n} linear {self.lower} {2048 + s + n}\n")
+        table = (
+            f"0 {s} linear {self.lower} 2048\n{s} {n} error\n"
+            f"{s + n} {self.sectors - s - n} linear {self.lower} {2048 + s + n}\n"
+        )
         sh("dmsetup", "suspend", self.dm)
         sh("dmsetup", "reload", self.dm, input=table.encode())
         sh("dmsetup", "resume", self.dm)
@@ -58,16 +59,21 @@ def test_source_read_error_gives_a_stream_lvpatch_refuses(loop_vg, tools_generat
         vol = src.thin("vol", 32)
         write_at(vol, 0, random.Random(5).randbytes(16 * M))
         src.snapshot("vol", "snap")
-        pe_start = int(sh("pvs", "--noheadings", "--units", "b", "--nosuffix", "-o", "pe_start",
-                          src.loop).strip())
-        ranges = sh("lvs", "-a", "--noheadings", "-o", "seg_pe_ranges",
-                    f"{src.name}/pool_tdata").strip()
+        pe_start = int(
+            sh(
+                "pvs", "--noheadings", "--units", "b", "--nosuffix", "-o", "pe_start", src.loop
+            ).strip()
+        )
+        ranges = sh(
+            "lvs", "-a", "--noheadings", "-o", "seg_pe_ranges", f"{src.name}/pool_tdata"
+        ).strip()
         first_pe = int(ranges.split(":")[1].split("-")[0])
         tdata = pe_start + first_pe * M
         src.fail_range(tdata + 8 * M, 4 * M)  # inside the 16 MiB the volume mapped
         stream = IMAGES / "readerr.lvd"
-        res = tool("lvdiff", "-d", "0", f"{src.name}/snap", generation=tools_generation,
-                   stdout_file=stream)
+        res = tool(
+            "lvdiff", "-d", "0", f"{src.name}/snap", generation=tools_generation, stdout_file=stream
+        )
         err = res.stderr.decode()
         assert res.returncode == 1 and "read error" in err and "Input/output error" in err, err
         assert len(err.strip().splitlines()) == 1
@@ -93,8 +99,12 @@ def test_concurrent_lvdiff_runs_on_one_pool_are_serialised(loop_vg, tools_genera
     results: dict[str, subprocess.CompletedProcess[bytes]] = {}
 
     def run(name: str) -> None:
-        results[name] = tool("lvdiff", f"{src.name}/{name}", generation=tools_generation,
-                             stdout_file=IMAGES / f"conc-{name}.lvd")
+        results[name] = tool(
+            "lvdiff",
+            f"{src.name}/{name}",
+            generation=tools_generation,
+            stdout_file=IMAGES / f"conc-{name}.lvd",
+        )
 
     threads = [threading.Thread(target=run, args=(n,)) for n in ("a", "b")]
     for t in threads:
@@ -119,8 +129,7 @@ def test_clear_one_line_errors(loop_vg, tools_generation):
     sh("lvcreate", "-q", "-L", "8m", "-n", "plain", vg.name)
 
     def fails(code: int, text: str, *args: str) -> None:
-        res = tool("lvdiff", *args, generation=tools_generation,
-                   stdout_file=IMAGES / "err.lvd")
+        res = tool("lvdiff", *args, generation=tools_generation, stdout_file=IMAGES / "err.lvd")
         err = res.stderr.decode().strip()
         assert res.returncode == code and text in err, err
         assert len(err.splitlines()) == 1, err
@@ -135,8 +144,10 @@ def test_clear_one_line_errors(loop_vg, tools_generation):
     sh("lvcreate", "-q", "-s", "--thinpool", f"{vg.name}/p1", "-n", "ext", f"{vg.name}/plain")
     fails(2, "external origin", f"{vg.name}/ext")
     stream = IMAGES / "t1.lvd"
-    assert tool("lvdiff", f"{vg.name}/t1", generation=tools_generation,
-                stdout_file=stream).returncode == 0
+    assert (
+        tool("lvdiff", f"{vg.name}/t1", generation=tools_generation, stdout_file=stream).returncode
+        == 0
+    )
     for pool, text in (("nopool", "not found"), ("t2", "not a thin pool")):
         res = tool("lvpatch", "-g", vg.name, "-p", pool, "copy", stdin_file=stream)
         last = res.stderr.decode().strip().splitlines()[-1]  # after the announcement
@@ -154,19 +165,32 @@ def test_unsafe_or_missing_tools_refused(loop_vg, tmp_path, tools_generation):
     real = shutil.which(thin_tool(tools_generation, "thin_delta"))
     for version, ok in (("1.0.0", False), ("1.0.5", False), ("1.0.6", True)):
         fake = tmp_path / f"thin_delta-{version}"
-        fake.write_text(f'#!/bin/sh\n[ "$1" = --version ] && echo {version} && exit 0\n'
-                        f'exec {real} "$@"\n')
+        fake.write_text(
+            f'#!/bin/sh\n[ "$1" = --version ] && echo {version} && exit 0\nexec {real} "$@"\n'
+        )
         fake.chmod(0o755)
-        res = tool("lvdiff", f"{vg.name}/t", stdout_file=IMAGES / "v.lvd",
-                   env={"LVDIFF_THIN_DELTA": str(fake)})
+        res = tool(
+            "lvdiff",
+            f"{vg.name}/t",
+            stdout_file=IMAGES / "v.lvd",
+            env={"LVDIFF_THIN_DELTA": str(fake)},
+        )
         err = res.stderr.decode()
         if ok:
             assert res.returncode == 0, err
         else:
             assert res.returncode == 2 and version in err and "unsafe" in err, err
-    res = tool("lvdiff", f"{vg.name}/t", stdout_file=IMAGES / "v.lvd",
-               env={"LVDIFF_THIN_DELTA": "/nonexistent/thin_delta"})
+    res = tool(
+        "lvdiff",
+        f"{vg.name}/t",
+        stdout_file=IMAGES / "v.lvd",
+        env={"LVDIFF_THIN_DELTA": "/nonexistent/thin_delta"},
+    )
     assert res.returncode == 2 and "install thin-provisioning-tools" in res.stderr.decode()
-    res = tool("lvdiff", f"{vg.name}/t", stdout_file=IMAGES / "v.lvd",
-               env={"PATH": str(tmp_path), "LVDIFF_THIN_DELTA": real})  # no lvm2 commands
+    res = tool(
+        "lvdiff",
+        f"{vg.name}/t",
+        stdout_file=IMAGES / "v.lvd",
+        env={"PATH": str(tmp_path), "LVDIFF_THIN_DELTA": real},
+    )  # no lvm2 commands
     assert res.returncode == 2 and "install lvm2" in res.stderr.decode(), res.stderr.decode()

@@ -16,9 +16,17 @@ M = 1 << 20
 def full_stream(size: int, data_bytes: int, name: str = "vol") -> bytes:
     """A full stream whose first ``data_bytes`` are random."""
     out = io.BytesIO()
-    h = Header(kind="full", volume_size=size, chunk_size=65536, vg="src", pool="pool",
-               transaction_id=1, new={"name": name, "uuid": "x", "thin_id": 1},
-               compression="none", detect_level=0)
+    h = Header(
+        kind="full",
+        volume_size=size,
+        chunk_size=65536,
+        vg="src",
+        pool="pool",
+        transaction_id=1,
+        new={"name": name, "uuid": "x", "thin_id": 1},
+        compression="none",
+        detect_level=0,
+    )
     w = StreamWriter(out, h)
     for off in range(0, data_bytes, 4 * M):
         w.write_record(encode_data(off, os.urandom(4 * M), None))

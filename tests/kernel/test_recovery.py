@@ -35,9 +35,12 @@ def test_kill9_leftovers_are_recovered(loop_vg, tools_generation):
     env = dict(os.environ, LVDIFF_THIN_DELTA=thin_tool(tools_generation, "thin_delta"))
 
     # lvdiff blocks on a pipe nobody reads, holding the reservation and a temp snapshot
-    proc = subprocess.Popen([str(BIN / "lvdiff"), "-d", "1", f"{src.name}/base",
-                             f"{src.name}/vol"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(BIN / "lvdiff"), "-d", "1", f"{src.name}/base", f"{src.name}/vol"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
     wait_for(lambda: src.held_metadata_root() != "-", "lvdiff to reserve metadata")
     time.sleep(2)
     proc.send_signal(signal.SIGKILL)
@@ -50,8 +53,13 @@ def test_kill9_leftovers_are_recovered(loop_vg, tools_generation):
 
     # the next lvdiff recognises both as its own, cleans up and succeeds
     stream = IMAGES / "recovery.lvd"
-    res = tool("lvdiff", f"{src.name}/base", f"{src.name}/vol", generation=tools_generation,
-               stdout_file=stream)
+    res = tool(
+        "lvdiff",
+        f"{src.name}/base",
+        f"{src.name}/vol",
+        generation=tools_generation,
+        stdout_file=stream,
+    )
     err = res.stderr.decode()
     assert res.returncode == 0, err
     assert "left by a killed lvdiff" in err and "metadata snapshot a killed lvdiff" in err
@@ -61,11 +69,17 @@ def test_kill9_leftovers_are_recovered(loop_vg, tools_generation):
     # a reservation held by another tool is never released
     sh("dmsetup", "message", src.tpool(), "0", "reserve_metadata_snap")
     held = src.held_metadata_root()
-    res = tool("lvdiff", f"{src.name}/base", f"{src.name}/vol", generation=tools_generation,
-               stdout_file=IMAGES / "refused.lvd")
+    res = tool(
+        "lvdiff",
+        f"{src.name}/base",
+        f"{src.name}/vol",
+        generation=tools_generation,
+        stdout_file=IMAGES / "refused.lvd",
+    )
     err = res.stderr.decode()
-    assert res.returncode != 0 and f"dmsetup message {src.tpool()} 0 release_metadata_snap" \
-        in err, err
+    assert (
+        res.returncode != 0 and f"dmsetup message {src.tpool()} 0 release_metadata_snap" in err
+    ), err
     assert src.held_metadata_root() == held
     assert not (IMAGES / "refused.lvd").exists() or (IMAGES / "refused.lvd").stat().st_size == 0
     sh("dmsetup", "message", src.tpool(), "0", "release_metadata_snap")
@@ -99,8 +113,12 @@ def test_sigterm_cleans_up_at_once(loop_vg, tools_generation):
     vol = src.thin("vol", 32)
     write_at(vol, 0, random.Random(4).randbytes(24 * M))
     env = dict(os.environ, LVDIFF_THIN_DELTA=thin_tool(tools_generation, "thin_delta"))
-    proc = subprocess.Popen([str(BIN / "lvdiff"), f"{src.name}/vol"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [str(BIN / "lvdiff"), f"{src.name}/vol"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     wait_for(lambda: src.held_metadata_root() != "-", "lvdiff to reserve metadata")
     time.sleep(2)
     proc.send_signal(signal.SIGTERM)
@@ -115,8 +133,16 @@ def test_sigterm_cleans_up_at_once(loop_vg, tools_generation):
     dst = loop_vg(prefix="dst")
     dst.pool(size_mb=100)
     # SIGTERM while it waits for the rest of the stream
-    proc = lvpatch_cut_off(stream.read_bytes(), 1 / 2, lambda: "vol" in lv_names(dst.name),
-                           "-g", dst.name, "-p", "pool", sig=signal.SIGTERM)
+    proc = lvpatch_cut_off(
+        stream.read_bytes(),
+        1 / 2,
+        lambda: "vol" in lv_names(dst.name),
+        "-g",
+        dst.name,
+        "-p",
+        "pool",
+        sig=signal.SIGTERM,
+    )
     err = proc.stderr.read().decode()
     assert proc.returncode == 130 and "interrupted" in err, err
     assert lv_names(dst.name) == {"pool"}, err

@@ -18,8 +18,9 @@ def test_cut_and_killed_restores_resume_bit_exact(loop_vg, tools_generation):
     write_at(vol, 0, rnd.randbytes(40 * M))  # incompressible: the stream is ~40 MiB
     src.snapshot("vol", "new")
     full = IMAGES / "resume-full.lvd"
-    res = tool("lvdiff", "-d", "2", f"{src.name}/new", generation=tools_generation,
-               stdout_file=full)
+    res = tool(
+        "lvdiff", "-d", "2", f"{src.name}/new", generation=tools_generation, stdout_file=full
+    )
     assert res.returncode == 0, res.stderr.decode()
     data = full.read_bytes()
     dst = loop_vg(prefix="dst")
@@ -42,8 +43,14 @@ def test_cut_and_killed_restores_resume_bit_exact(loop_vg, tools_generation):
 
     # 2. the sender re-sends only what is missing
     rest = IMAGES / "resume-rest.lvd"
-    res = tool("lvdiff", "--resume", token, f"{src.name}/new", generation=tools_generation,
-               stdout_file=rest)
+    res = tool(
+        "lvdiff",
+        "--resume",
+        token,
+        f"{src.name}/new",
+        generation=tools_generation,
+        stdout_file=rest,
+    )
     assert res.returncode == 0, res.stderr.decode()
     # only what lies past the durable point is sent again (plus header and framing)
     assert rest.stat().st_size < len(data) - durable + 64 * 1024 < len(data)
@@ -56,12 +63,28 @@ def test_cut_and_killed_restores_resume_bit_exact(loop_vg, tools_generation):
     assert sha256_of(dst.dev("new")) == sha256_of(src.dev("new"))
 
     # 3. kill -9 after a checkpoint: the tag on the volume is the durable point
-    lvpatch_cut_off(data, 7 / 10, lambda: "again" in lv_names(dst.name)
-                    and "lvdiff_resume:" in lv_tags(dst.name, "again"),
-                    "-s", "--checkpoint-mib", "8", "-g", dst.name, "-p", "pool", "again")
+    lvpatch_cut_off(
+        data,
+        7 / 10,
+        lambda: "again" in lv_names(dst.name) and "lvdiff_resume:" in lv_tags(dst.name, "again"),
+        "-s",
+        "--checkpoint-mib",
+        "8",
+        "-g",
+        dst.name,
+        "-p",
+        "pool",
+        "again",
+    )
     token = tool("lvpatch", "-g", dst.name, "--resume-token", "again").stdout.decode().strip()
-    res = tool("lvdiff", "--resume", token, f"{src.name}/new", generation=tools_generation,
-               stdout_file=rest)
+    res = tool(
+        "lvdiff",
+        "--resume",
+        token,
+        f"{src.name}/new",
+        generation=tools_generation,
+        stdout_file=rest,
+    )
     assert res.returncode == 0, res.stderr.decode()
     assert rest.stat().st_size < len(data)
     res = tool("lvpatch", "--resume", "-g", dst.name, "again", stdin_file=rest)

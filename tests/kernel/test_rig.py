@@ -36,8 +36,15 @@ def test_thin_delta_reports_what_was_written_and_discarded(loop_vg, tools_genera
     sh("dmsetup", "message", vg.tpool(), "0", "reserve_metadata_snap")
     try:
         assert vg.held_metadata_root() != "-"
-        xml = sh(thin_tool(tools_generation, "thin_delta"), "-m",
-                 "--snap1", vg.thin_id("snap"), "--snap2", vg.thin_id("vol"), vg.tmeta())
+        xml = sh(
+            thin_tool(tools_generation, "thin_delta"),
+            "-m",
+            "--snap1",
+            vg.thin_id("snap"),
+            "--snap2",
+            vg.thin_id("vol"),
+            vg.tmeta(),
+        )
     finally:
         sh("dmsetup", "message", vg.tpool(), "0", "release_metadata_snap")
     assert vg.held_metadata_root() == "-"
@@ -47,7 +54,9 @@ def test_thin_delta_reports_what_was_written_and_discarded(loop_vg, tools_genera
     diff = root.find("diff")
     assert diff is not None
     assert (int(diff.get("left")), int(diff.get("right"))) == (
-        vg.thin_id("snap"), vg.thin_id("vol"))
+        vg.thin_id("snap"),
+        vg.thin_id("vol"),
+    )
     got = [(e.tag, int(e.get("begin")), int(e.get("length"))) for e in diff]
     assert sorted(got, key=lambda r: r[1]) == [
         ("same", 0, 1),

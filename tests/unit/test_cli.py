@@ -18,8 +18,9 @@ def run(main: str, *args: str, user: str | None = None) -> subprocess.CompletedP
     argv = [a.format(main) for a in BIN] + list(args)
     if user:
         argv = ["setpriv", "--reuid", user, "--regid", user, "--clear-groups", *argv]
-    return subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                          check=False)
+    return subprocess.run(
+        argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False
+    )
 
 
 def test_meta_split_at_first_colon():
@@ -27,8 +28,9 @@ def test_meta_split_at_first_colon():
     assert args.meta == [("url", "http://x:1/y"), ("a", "")]
 
 
-@pytest.mark.parametrize("argv", [["-d", "4", "v"], ["-d", "x", "v"], ["--meta", "nocolon", "v"],
-                                  ["a", "b", "c"]])
+@pytest.mark.parametrize(
+    "argv", [["-d", "4", "v"], ["-d", "x", "v"], ["--meta", "nocolon", "v"], ["a", "b", "c"]]
+)
 def test_bad_arguments_exit_2(argv):
     res = run("lvdiff_main", *argv)
     assert res.returncode == 2 and "error" in res.stderr
@@ -51,10 +53,18 @@ def test_help_documents_exit_codes():
 
 
 def test_describe_escapes_stream_text():
-    h = Header(kind="full", volume_size=1 << 20, chunk_size=65536, vg="vg", pool="pool",
-               transaction_id=1, new={"name": "vol", "uuid": "u", "thin_id": 1},
-               compression="zstd", detect_level=2,
-               meta=[("k\x1b[31m", "v\nx\x07"), ("url", "http://x:8080")])
+    h = Header(
+        kind="full",
+        volume_size=1 << 20,
+        chunk_size=65536,
+        vg="vg",
+        pool="pool",
+        transaction_id=1,
+        new={"name": "vol", "uuid": "u", "thin_id": 1},
+        compression="zstd",
+        detect_level=2,
+        meta=[("k\x1b[31m", "v\nx\x07"), ("url", "http://x:8080")],
+    )
     text = cli.describe(h)
     assert "\x1b" not in text and "\x07" not in text and "v\nx" not in text
     assert "url: http://x:8080" in text and "size 1048576 bytes" in text

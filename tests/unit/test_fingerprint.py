@@ -26,13 +26,15 @@ def volume(size: int, spans: list[tuple[int, int]]) -> bytes:
 def reader(buf: bytes):
     def read(off: int, n: int) -> bytes:
         assert off >= 0 and off + n <= len(buf)
-        return buf[off:off + n]
+        return buf[off : off + n]
+
     return read
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 60), st.integers(1, 5)), max_size=8),
-       st.integers(1, 64 * U))
+@given(
+    st.lists(st.tuples(st.integers(0, 60), st.integers(1, 5)), max_size=8), st.integers(1, 64 * U)
+)
 def test_whole_digest_independent_of_mapping_knowledge(runs, size):
     size = -(-size // 512) * 512
     spans, pos = [], 0
@@ -74,18 +76,46 @@ def test_sampling_is_uniform_and_cheap_on_huge_ranges():
     assert len(set(got)) == 64 and max(got) > 1 << 38
 
 
-@pytest.mark.parametrize("bad", [
-    {}, {"level": 9, "unit": U, "size": U, "sha256": "0" * 64, "algorithm": "sha256-of-sha256"},
-    {"level": 2, "unit": U, "size": U, "sha256": "0" * 64, "algorithm": "sha256-of-sha256",
-     "offsets": [U * 5]},
-    {"level": 2, "unit": 3, "size": U, "sha256": "0" * 64, "algorithm": "sha256-of-sha256",
-     "offsets": [0]},
-    {"level": 2, "unit": U, "size": 8 * U, "sha256": "zz" * 32,
-     "algorithm": "sha256-of-sha256", "offsets": [0]},
-    {"level": 2, "unit": U, "size": 8 * U, "sha256": "0" * 64,
-     "algorithm": "sha256-of-sha256", "offsets": [U, 0]},
-    "not a dict",
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {},
+        {"level": 9, "unit": U, "size": U, "sha256": "0" * 64, "algorithm": "sha256-of-sha256"},
+        {
+            "level": 2,
+            "unit": U,
+            "size": U,
+            "sha256": "0" * 64,
+            "algorithm": "sha256-of-sha256",
+            "offsets": [U * 5],
+        },
+        {
+            "level": 2,
+            "unit": 3,
+            "size": U,
+            "sha256": "0" * 64,
+            "algorithm": "sha256-of-sha256",
+            "offsets": [0],
+        },
+        {
+            "level": 2,
+            "unit": U,
+            "size": 8 * U,
+            "sha256": "zz" * 32,
+            "algorithm": "sha256-of-sha256",
+            "offsets": [0],
+        },
+        {
+            "level": 2,
+            "unit": U,
+            "size": 8 * U,
+            "sha256": "0" * 64,
+            "algorithm": "sha256-of-sha256",
+            "offsets": [U, 0],
+        },
+        "not a dict",
+    ],
+)
 def test_hostile_fingerprints_refused(bad):
     with pytest.raises(CorruptStream):
         fpr.Fingerprint.from_dict(bad)

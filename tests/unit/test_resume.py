@@ -12,8 +12,15 @@ from lvdiff.plan import DATA, ZERO, Extent
 from lvdiff.resume import ResumeToken
 from lvdiff.stream import Header, StreamReader, StreamWriter, encode_data, encode_zero
 
-FP = {"level": 2, "algorithm": "sha256-of-sha256", "unit": 4096, "size": 1 << 20,
-      "sha256": "ab" * 32, "offsets": [0], "seed": 99}
+FP = {
+    "level": 2,
+    "algorithm": "sha256-of-sha256",
+    "unit": 4096,
+    "size": 1 << 20,
+    "sha256": "ab" * 32,
+    "offsets": [0],
+    "seed": 99,
+}
 
 
 def test_token_round_trip_and_tag():
@@ -23,8 +30,17 @@ def test_token_round_trip_and_tag():
     assert set(t.tag) <= set("abcdefghijklmnopqrstuvwxyz0123456789_:")  # a valid LVM tag
 
 
-@pytest.mark.parametrize("bad", ["", "1:2:3", "1:0:3:" + "a" * 32, "x:2:3:" + "a" * 32,
-                                 "1:2:3:" + "A" * 32, "1:2:3:" + "a" * 31])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "1:2:3",
+        "1:0:3:" + "a" * 32,
+        "x:2:3:" + "a" * 32,
+        "1:2:3:" + "A" * 32,
+        "1:2:3:" + "a" * 31,
+    ],
+)
 def test_bad_tokens(bad):
     with pytest.raises(UsageError):
         ResumeToken.parse(bad)
@@ -41,9 +57,19 @@ def test_skip_before_cuts_straddling_extents():
 
 
 def header(**kw) -> Header:
-    return Header(kind="full", volume_size=1 << 20, chunk_size=65536, vg="vg", pool="p",
-                  transaction_id=1, new={"name": "v", "uuid": "u", "thin_id": 1},
-                  compression="none", detect_level=2, new_fingerprint=FP, **kw)
+    return Header(
+        kind="full",
+        volume_size=1 << 20,
+        chunk_size=65536,
+        vg="vg",
+        pool="p",
+        transaction_id=1,
+        new={"name": "v", "uuid": "u", "thin_id": 1},
+        compression="none",
+        detect_level=2,
+        new_fingerprint=FP,
+        **kw,
+    )
 
 
 def test_resume_offset_round_trips_and_bounds_records():
@@ -57,8 +83,7 @@ def test_resume_offset_round_trips_and_bounds_records():
     assert [rec.offset for rec in r] == [8192, 16384]
     # a record before the resume point is refused by the writer and the reader
     with pytest.raises(ValueError):
-        StreamWriter(io.BytesIO(), header(resume_offset=8192)).write_record(
-            encode_zero(0, 512))
+        StreamWriter(io.BytesIO(), header(resume_offset=8192)).write_record(encode_zero(0, 512))
     forged = io.BytesIO()
     w = StreamWriter(forged, header(resume_offset=8192))
     w._next_offset = 0  # a hostile writer

@@ -11,16 +11,21 @@ from lvdiff.thindelta import DeltaParseError, DeltaRange, DeltaStream, parse_ver
 
 DATA = Path(__file__).parent / "data"
 RECORDED = [  # real output of the rig test's layout, both generations
-    ("same", 0, 1), ("different", 1, 2), ("right_only", 3, 1), ("left_only", 100, 2)]
+    ("same", 0, 1),
+    ("different", 1, 2),
+    ("right_only", 3, 1),
+    ("left_only", 100, 2),
+]
 
 
 def parse(raw: bytes, piece: int = 7) -> tuple[DeltaStream, list[DeltaRange]]:
-    d = DeltaStream(raw[i:i + piece] for i in range(0, len(raw), piece))
+    d = DeltaStream(raw[i : i + piece] for i in range(0, len(raw), piece))
     return d, list(d.ranges())
 
 
-@pytest.mark.parametrize("name", ["thin_delta-0.9.0.xml", "thin_delta-0.9.0-verbose.xml",
-                                  "thin_delta-1.1.0.xml"])
+@pytest.mark.parametrize(
+    "name", ["thin_delta-0.9.0.xml", "thin_delta-0.9.0-verbose.xml", "thin_delta-1.1.0.xml"]
+)
 def test_recorded_outputs(name):
     d, ranges = parse((DATA / name).read_bytes())
     assert d.superblock is not None
@@ -32,16 +37,17 @@ def test_recorded_outputs(name):
 def test_attributes_in_any_order_and_flags():
     d, ranges = parse((DATA / "thin_delta-reordered-attrs.xml").read_bytes(), piece=3)
     assert d.superblock.data_block_size == 256 and d.superblock.left == 8
-    assert [(r.kind, r.begin, r.length) for r in ranges] == [("left_only", 0, 5),
-                                                              ("same", 5, 3)]
+    assert [(r.kind, r.begin, r.length) for r in ranges] == [("left_only", 0, 5), ("same", 5, 3)]
 
 
 def test_memory_stays_flat_on_many_ranges():
     n = 200_000
     body = "".join(f'<different begin="{2 * i}" length="1"/>' for i in range(n))
-    raw = f'<superblock data_block_size="128"><diff left="1" right="2">{body}</diff>' \
-          f'</superblock>'.encode()
-    d = DeltaStream(raw[i:i + 65536] for i in range(0, len(raw), 65536))
+    raw = (
+        f'<superblock data_block_size="128"><diff left="1" right="2">{body}</diff>'
+        f"</superblock>".encode()
+    )
+    d = DeltaStream(raw[i : i + 65536] for i in range(0, len(raw), 65536))
     begins = []
     for r in d.ranges():
         begins.append(r.begin)
@@ -50,20 +56,25 @@ def test_memory_stays_flat_on_many_ranges():
     assert begins == list(range(0, 2 * n, 2))
 
 
-@pytest.mark.parametrize("raw", [
-    b"",
-    b"<superblock>",
-    b'<superblock data_block_size="128"><diff left="1"></diff></superblock>',
-    b'<superblock data_block_size="x"><diff left="1" right="2"/></superblock>',
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"<superblock>",
+        b'<superblock data_block_size="128"><diff left="1"></diff></superblock>',
+        b'<superblock data_block_size="x"><diff left="1" right="2"/></superblock>',
+    ],
+)
 def test_bad_headers(raw):
     with pytest.raises(DeltaParseError):
         parse(raw)
 
 
 def test_out_of_order_and_broken_xml():
-    raw = (b'<superblock data_block_size="128"><diff left="1" right="2">'
-           b'<same begin="5" length="2"/><different begin="6" length="1"/></diff></superblock>')
+    raw = (
+        b'<superblock data_block_size="128"><diff left="1" right="2">'
+        b'<same begin="5" length="2"/><different begin="6" length="1"/></diff></superblock>'
+    )
     with pytest.raises(DeltaParseError, match="out of order"):
         parse(raw)
     with pytest.raises(DeltaParseError, match="not valid XML"):
