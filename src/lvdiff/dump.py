@@ -17,11 +17,10 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from typing import BinaryIO
 
-from . import __version__, lvm
 from . import fingerprint as fpr
+from . import lvm
 from .blockdev import BlockDevice
 from .errors import LvdiffError, UsageError
 from .plan import ZERO, Extent, plan
@@ -127,8 +126,6 @@ def dump(
             transaction_id=pool_lv.transaction_id or 0,
             base=_identity(base_lv) if base_lv else None,
             new=_identity(new_lv),
-            created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            tool=f"lvdiff {__version__}",
             meta=[[k, v] for k, v in opt.meta],
             compression="zstd" if opt.zstd_level is not None else "none",
             detect_level=opt.level,

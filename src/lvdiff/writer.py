@@ -70,8 +70,9 @@ class ChunkWriter:
             idx = pos // self.chunk
             cstart, cend = self._span(idx)
             if pos == cstart and end >= cend:  # whole chunks from here
+                # up to the last chunk boundary within the record (or the device's end);
+                # at least cend, since end >= cend here
                 run_end = end if end >= self.dev.size else end - (end - cstart) % self.chunk
-                run_end = max(run_end, cend)
                 if self._idx != -1 and self._idx < idx:
                     self.flush()
                 if data is None:
