@@ -27,21 +27,37 @@ export LVM_SUPPRESS_FD_WARNINGS=1
 export LVDIFF_RIG_IMAGES=$work/images
 export PYTHONDONTWRITEBYTECODE=1
 
+binds=()
+# In the VM, run Python and the project from a RAM copy the host packed (see run.py):
+# the root filesystem is 9p without caching, and imports are most of a tool's start.
+if [ -n "${LVDIFF_RIG_BUNDLE:-}" ]; then
+    mkdir -p "$work/ram"
+    mount -t tmpfs -o size=1G lvdiff-ram "$work/ram" &&
+        tar -xf "$LVDIFF_RIG_BUNDLE" -C "$work/ram" || echo "rig: no RAM copy of Python" >&2
+    IFS=: read -r -a binds <<<"${LVDIFF_RIG_BIND:-}"
+    for path in "${binds[@]}"; do
+        [ -e "$work/ram$path" ] && mount --bind "$work/ram$path" "$path"
+    done
+    unset PYTHONDONTWRITEBYTECODE  # the copies are writable: cache what was not compiled
+fi
+
+
 "$@"
 rc=$?
 
-# Leave nothing behind on a real server: detach our loop devices, unmount.
-# Only VGs on loop devices backed by our own images are removed.
-for img in "$work"/images/*; do
-    [ -e "$img" ] || continue
-    for loop in $(losetup -n -O NAME -j "$img"); do
-        for vg in $(pvs --noheadings -o vg_name "$loop" 2>/dev/null); do
-            vgremove -ff -y "$vg" >/dev/null 2>&1
-        done
-        losetup -d "$loop" 2>/dev/null
-    done
+# Leave nothing behind, on a real server too: take down what the tests stacked on
+# our images (and only that), then the tmpfs itself.
+for path in "${binds[@]}"; do
+    umount -l "$path"
 done
-umount "$work/images" 2>/dev/null
-rm -rf "$work"
+[ -d "$work/ram" ] && umount -l "$work/ram"
+python3 "$here/teardown.py" "$work/images"
+if umount "$work/images"; then
+    rm -rf "$work"
+else
+    echo "rig: WARNING: $work/images is still busy; devices left:" >&2
+    losetup -l >&2
+    dmsetup ls >&2
+fi
 echo "$rc" >"$results/exit-status"
 exit "$rc"
