@@ -6,31 +6,37 @@ fingerprint verified.  Any failure before that removes the target, so a
 half-written volume never survives.  Two documented exceptions: ``--in-place``
 (there is nothing to remove) and ``-s``/``--resume``, where an interrupted
 target is kept on purpose, still tagged incomplete, with a resume token.
+
+Before anything is written, BASE is checked twice over: its lineage identity
+(if lvpatch restored it, it says which snapshot it holds; a different one is
+refused whatever the level) and its content (the stream's fingerprint of
+BASE).  A restored volume is made read-only, so it stays what its identity
+says it is.
 """
 
 from __future__ import annotations
 
 import signal
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from . import fingerprint as fpr
-from . import lvm
+from . import lineage, lvm, tags
 from .blockdev import BlockDevice, DeviceError
 from .errors import BaseMismatch, LvdiffError, StreamError, UsageError, VerifyFailed
-from .resume import TAG_PREFIX, ResumeToken
-from .stream import Header, RecordType, StreamReader, Totals
-from .writer import ChunkWriter
+from .events import Note, Progress, Reporter, ignore
+from .resume import ResumeToken
+from .stream import Header, RecordType, StreamReader, Totals, escape_for_terminal
+from .writer import ChunkWriter, TargetKind
 
 
 @dataclass
 class ApplyOptions:
     base_check: bool = True
     in_place: bool = False
-    progress: bool = False
+    writable: bool = False  # leave the restored volume writable (default: read-only)
     resumable: bool = False  # on interruption keep NAME and a resume token (lvpatch -s)
     resume: bool = False  # continue an interrupted NAME (lvpatch --resume)
     checkpoint_bytes: int = 1 << 30  # resumable: make progress durable this often
@@ -42,6 +48,9 @@ class ApplyResult:
     header: Header
     totals: Totals
     sha256: str
+    base_checked: str  # how BASE was checked, in words ("" for a full stream)
+    verified_level: int  # level of the check of the result against NEW; 0: none ran
+    read_only: bool
 
 
 def apply_stream(
@@ -51,16 +60,35 @@ def apply_stream(
     pool: str | None = None,
     name: str | None = None,
     options: ApplyOptions | None = None,
-    announce: Callable[[Header], None] | None = None,
+    report: Reporter = ignore,
+    announce: Reporter | None = None,
 ) -> ApplyResult:
-    """Rebuild NEW in ``vg`` from a stream: see the module docstring for the guarantees."""
+    """Rebuild NEW in ``vg`` from a stream: see the module docstring for the guarantees.
+
+    ``announce`` hears a Note describing the stream once its header is read,
+    before LVM is touched.
+    """
     opt = options or ApplyOptions()
     reader = StreamReader(inp)
     if announce:
-        announce(reader.header)
-    job = _Apply(reader, lvm.check_name(vg, "VG name"), base, pool, name, opt)
+        announce(Note(describe(reader.header)))
+    job = _Apply(reader, lvm.check_name(vg, "VG name"), base, pool, name, opt, report)
     with job.stack:
         return job.run()
+
+
+def describe(h: Header) -> str:
+    """What a stream holds, every stream-supplied text escaped for the terminal."""
+    e = escape_for_terminal
+    src = f"{e(h.vg)}/{e(h.new.name)}"
+    lines = [
+        f"restoring {src} ({h.kind}" + (f" from {e(h.vg)}/{e(h.base.name)})" if h.base else ")"),
+        f"  source pool {e(h.vg)}/{e(h.pool)}, size {h.volume_size} bytes, "
+        f"chunk {h.chunk_size} bytes",
+        f"  created {e(h.created)} by {e(h.tool)}, check level {h.detect_level}",
+    ]
+    lines += [f"  {e(k)}: {e(v)}" for k, v in h.meta]
+    return "\n".join(lines)
 
 
 class _Apply:
@@ -74,20 +102,18 @@ class _Apply:
         pool: str | None,
         name: str | None,
         opt: ApplyOptions,
+        report: Reporter,
     ) -> None:
-        self.reader, self.h, self.vg, self.base, self.pool, self.opt = (
-            reader,
-            reader.header,
-            vg,
-            base,
-            pool,
-            opt,
-        )
-        self.name = lvm.check_name(name or self.h.new["name"], "LV name")
+        self.reader, self.h, self.vg, self.pool, self.opt = reader, reader.header, vg, pool, opt
+        self.report = report
+        self.base = lvm.parse_lv_spec(base, vg)[1] if base else None
+        self.name = lvm.check_name(name or self.h.new.name, "LV name")
         self.stack = ExitStack()
-        self.target: lvm.LV | None = None  # a thin volume we write (None: --in-place non-thin)
+        self.target: lvm.LV | None = None  # the volume we write
+        self.pool_lv: lvm.LV | None = None  # its thin pool, once known
         self.created = False  # we made the target, so failure removes it
         self.durable = self.h.resume_offset or 0  # records below this are on disk
+        self.base_checked = ""
         self._check_arguments()
 
     def _check_arguments(self) -> None:
@@ -99,21 +125,31 @@ class _Apply:
             raise UsageError(
                 "this stream resumes an interrupted transfer: apply it with lvpatch --resume"
             )
-        elif h.kind == "incremental" and not self.base:
+        elif h.incremental and not self.base:
             raise UsageError("this is an incremental stream: give the base volume with -l BASE")
-        elif h.kind == "full" and not (self.pool or (opt.in_place and self.base)):
+        elif not h.incremental and not (self.pool or (opt.in_place and self.base)):
             raise UsageError("this is a full stream: give the thin pool with -p POOL")
         if opt.in_place and not self.base:
             raise UsageError("--in-place writes into the -l volume: give -l")
         if opt.resumable and opt.in_place:
             raise UsageError("-s/--resumable keeps a volume lvpatch created; not --in-place")
-        if opt.resumable:
-            ResumeToken.for_stream(0, h.detect_level, h.new_fingerprint)  # refuses -d 0
+        if opt.resumable and h.new.identity is None:
+            raise UsageError(
+                f"this stream (format {h.version[0]}.{h.version[1]}) names no identities, "
+                "so an interrupted restore could not be resumed safely; drop -s"
+            )
 
     def run(self) -> ApplyResult:
         ok = False
         try:
             path, label = self._prepare_target()
+            with BlockDevice(path) as dev:
+                self._check_base(dev)
+            self._resize()
+            if self.opt.in_place and self.target:
+                # From here it may be half-written: it must not keep claiming what it held.
+                t = self.target
+                lvm.set_tags(t, remove=tags.with_prefix(t.tags, tags.IDENTITY_PREFIX))
             with (
                 _pool_full_is_named(self.target),
                 BlockDevice(path, writable=True, exclusive=True) as dev,
@@ -122,116 +158,189 @@ class _Apply:
                     raise UsageError(
                         f"{label} holds {dev.size} bytes; the stream needs {self.h.volume_size}"
                     )
-                self._check_base(dev)
                 self._write(dev)
                 self._verify(dev, label)
-            if self.target and not self.opt.in_place:
-                with _signals_deferred():
-                    lvm.set_tags(self.target, remove=[lvm.TAG_INCOMPLETE, *self._resume_tags()])
+            read_only = self._commit()
             ok = True
-            return ApplyResult(label, self.h, self.reader.totals, self.reader.sha256 or "")
+            return ApplyResult(
+                label,
+                self.h,
+                self.reader.totals,
+                self.reader.sha256 or "",
+                self.base_checked,
+                self.h.detect_level if self.h.new_fingerprint else 0,
+                read_only,
+            )
         finally:
             if not ok and self.created and self.target:
                 with _signals_deferred():
                     try:
                         lvm.remove(self.target)
                     except LvdiffError as e:
-                        print(
-                            f"lvpatch: could not remove the incomplete "
-                            f"{self.target.full_name}: {e}",
-                            file=sys.stderr,
+                        self.report(
+                            Note(f"could not remove the incomplete {self.target.full_name}: {e}")
                         )
+
+    # -- the target
 
     def _prepare_target(self) -> tuple[str, str]:
         h, vg, opt = self.h, self.vg, self.opt
         if opt.in_place:
-            lv = lvm.get_lv(vg, lvm.check_name(self.base or "", "LV name"))
+            lv = lvm.get_lv(vg, self.base or "")
+            self._check_lineage(lv)
             lvm.activate(lv)
-            self.target = lv if lv.is_thin else None
+            self.target = lv
             return lv.dev, lv.full_name
         self.stack.enter_context(lvm.target_lock(vg, self.name))
         if opt.resume:
             self.target = self._resumable_target()
         else:
-            cleanup(vg, locked=(self.name,))
-            if lvm.exists(vg, self.name):
+            listing = lvm.lvs_in_vg(vg)  # once: every lvm command costs a metadata scan
+            removed = cleanup(vg, self.report, locked=(self.name,), listing=listing)
+            if any(lv.name == self.name for lv in listing) and f"{vg}/{self.name}" not in removed:
                 raise UsageError(
                     f"{vg}/{self.name} already exists; name the restored volume "
                     "differently or remove it first"
                 )
-            if h.kind == "full":
-                lvm.get_pool(vg, lvm.check_name(self.pool or "", "pool name"))
+            if h.incremental:
+                base_lv = lvm.get_thin(vg, self.base or "", listing)
+                self.pool_lv = lvm.get_pool(vg, base_lv.pool, listing)
+            else:
+                base_lv = None
+                self.pool_lv = lvm.get_pool(
+                    vg, lvm.check_name(self.pool or "", "pool name"), listing
+                )
+            if base_lv:
+                self._check_lineage(base_lv)
+            new_tags = [tags.INCOMPLETE]
+            if h.new.identity:
+                new_tags.append(lineage.identity_tag(h.new.identity))
             # Ctrl-C/SIGTERM wait until the create returns, so the volume is known
             # to us (and removed) rather than left half made.
             with _signals_deferred():
-                if h.kind == "incremental":
-                    base_lv = lvm.get_thin(vg, self.base or "")
-                    _check_base_identity(h, base_lv)
+                if base_lv:
                     self.target = lvm.create_snapshot(
-                        base_lv, self.name, tags=(lvm.TAG_INCOMPLETE,), activation_skip=False
+                        base_lv, self.name, add_tags=new_tags, activation_skip=False
                     )
                 else:
                     self.target = lvm.create_thin(
-                        vg, self.pool or "", self.name, h.volume_size, tags=(lvm.TAG_INCOMPLETE,)
+                        vg, self.pool or "", self.name, h.volume_size, add_tags=new_tags
                     )
                 self.created = True
         lvm.activate(self.target)
-        if self.created and self.target.size != h.volume_size and h.kind == "incremental":
-            self.target = lvm.resize(self.target, h.volume_size)
         return self.target.dev, self.target.full_name
+
+    def _check_lineage(self, base_lv: lvm.LV) -> None:
+        """Refuse a base that cannot be the stream's BASE before anything is written."""
+        h = self.h
+        if not h.incremental:
+            return
+        if tags.INCOMPLETE in base_lv.tags:
+            raise UsageError(f"{base_lv.full_name} is an incomplete restore, not a base")
+        if base_lv.size < (h.base_size or 0):
+            raise BaseMismatch(
+                f"{base_lv.full_name} holds {base_lv.size} bytes; the stream's base "
+                f"{h.base.name if h.base else '?'} held {h.base_size}"
+            )
+        if not self.opt.base_check:
+            self.report(Note("base check skipped (--no-base-check): BASE is not verified"))
+            self.base_checked = "not checked (--no-base-check)"
+            return
+        if base_lv.open and base_lv.writable and not self.opt.in_place:
+            raise UsageError(
+                f"{base_lv.full_name} is in use and writable, so it can change while "
+                "lvpatch copies it; unmount it (or make it read-only) first"
+            )
+        note = lineage.check_base(h, base_lv)
+        if note:
+            self.report(Note(note))
+        if lineage.recorded_identity(base_lv) is not None and h.base and h.base.identity:
+            self.base_checked = "identity matches"
 
     def _resumable_target(self) -> lvm.LV:
         """The incomplete volume to continue, after checking the stream belongs to it."""
         h = self.h
         lv = lvm.get_thin(self.vg, self.name)
         token = ResumeToken.from_tags(lv.tags)
-        if lvm.TAG_INCOMPLETE not in lv.tags or token is None:
+        if tags.INCOMPLETE not in lv.tags or token is None:
             raise UsageError(
                 f"{lv.full_name} is not an interrupted lvpatch target "
                 "(no lvdiff_incomplete and lvdiff_resume tags)"
             )
-        mine = ResumeToken.for_stream(token.offset, h.detect_level, h.new_fingerprint)
-        if mine != token:
+        if (token.new_identity, token.base_identity) != _identities(h):
             raise StreamError(
-                f"this stream does not continue {lv.full_name}: its NEW "
-                f"differs from the interrupted transfer's (token {token})"
+                f"this stream does not continue {lv.full_name}: it holds another NEW or "
+                f"BASE than the interrupted transfer (token {token})"
             )
         if (h.resume_offset or 0) > token.offset:
             raise StreamError(
                 f"this stream starts at byte {h.resume_offset}, past the "
-                f"{token.offset} bytes {lv.full_name} holds: lvdiff --resume "
-                f"{token}"
+                f"{token.offset} bytes {lv.full_name} holds: lvdiff --resume {token}"
             )
         self.durable = token.offset
         return lv
 
+    def _resize(self) -> None:
+        """Give a new snapshot NEW's size, after BASE was checked at its own size."""
+        t = self.target
+        if self.created and t is not None and self.h.incremental and t.size != self.h.volume_size:
+            self.target = lvm.resize(t, self.h.volume_size)
+
+    def _commit(self) -> bool:
+        """Make the restored volume read-only (unless asked not to), then mark it complete."""
+        t = self.target
+        assert t is not None
+        with _signals_deferred():
+            if self.opt.in_place:
+                if self.h.new.identity:
+                    lvm.set_tags(t, add=[lineage.identity_tag(self.h.new.identity)])
+                return not t.writable
+            read_only = not self.opt.writable
+            if read_only:
+                lvm.set_read_only(t)
+            lvm.set_tags(t, remove=[tags.INCOMPLETE, *tags.with_prefix(t.tags, tags.RESUME_PREFIX)])
+            return read_only
+
+    # -- checks
+
     def _check_base(self, dev: BlockDevice) -> None:
-        h = self.h
-        if (
-            h.kind != "incremental"
-            or not self.opt.base_check
-            or not h.base_fingerprint
-            or self.opt.resume
-        ):  # a resumed target was checked, then written
+        h, fp = self.h, self.h.base_fingerprint
+        if not h.incremental or not self.opt.base_check or self.opt.resume:
+            return  # a resumed target was checked, then written
+        if fp is None:
+            self.base_checked = self.base_checked or "not checked (stream made with -d 0)"
             return
-        fp = fpr.Fingerprint.from_dict(h.base_fingerprint)
         if not fpr.verify(fp, dev.read):
             raise BaseMismatch(
                 f"{self.vg}/{self.base} is not the base this stream was made "
-                f"from ({h.base['name']}, check level {fp.level})"
+                f"from ({h.base.name if h.base else '?'}, check level {fp.level})"
+            )
+        content = f"content matches at level {fp.level}"
+        self.base_checked = f"{self.base_checked}, {content}" if self.base_checked else content
+
+    def _verify(self, dev: BlockDevice, label: str) -> None:
+        fp = self.h.new_fingerprint
+        if fp and not fpr.verify(fp, dev.read):
+            raise VerifyFailed(
+                f"{label} does not match the fingerprint of {self.h.new.name} after writing"
             )
 
+    # -- writing
+
     def _write(self, dev: BlockDevice) -> None:
-        h, opt, thin = self.h, self.opt, self.target
+        h, opt = self.h, self.opt
+        kind = self._target_kind(dev)
+        if h.incremental:
+            fill_from: int | None = h.base_size
+        else:
+            fill_from = None if kind.fresh else 0
         writer = ChunkWriter(
             dev,
-            _target_chunk(thin),
-            h.volume_size,
-            fresh=self.created and h.kind == "full",
-            discard=dev.discard_max_bytes > 0 and thin is not None,
-            zero_fallback="write" if thin else "zeroout",
+            kind,
+            start=self.durable,
+            fill_from=fill_from,
+            fill_end=h.volume_size if opt.in_place else None,
         )
-        bar = _progress_bar(opt.progress, h.volume_size)
         applied = self.durable
         try:
             for rec in self.reader:
@@ -240,32 +349,51 @@ class _Apply:
                     writer.data(rec.offset, rec.data)
                 else:
                     writer.zero(rec.offset, rec.length)
-                applied = rec.offset + rec.length
-                if bar:
-                    bar.update(applied - bar.n)
+                applied = rec.end
+                self.report(Progress(applied, h.volume_size))
                 if opt.resumable and applied - self.durable >= opt.checkpoint_bytes:
                     self._checkpoint(writer, dev, applied)
             writer.finish()
         except (StreamError, DeviceError, KeyboardInterrupt):
-            if (opt.resumable or opt.resume) and thin is not None:
+            if opt.resumable or opt.resume:
                 self._keep_for_resume(writer, dev, applied)
             raise
-        finally:
-            if bar:
-                bar.close()
         dev.sync()
         dev.drop_cache()
 
+    def _target_kind(self, dev: BlockDevice) -> TargetKind:
+        t = self.target
+        if t is None or not t.is_thin:
+            return TargetKind.plain()
+        pool = self.pool_lv or lvm.get_lv(t.vg, t.pool)
+        # A thin volume with an external origin reads unprovisioned chunks from it:
+        # a discarded chunk would show the origin's data, not zeros.
+        external = lvm.external_origin(t) is not None
+        if external:
+            self.report(Note(f"{t.full_name} has an external origin: zeros are written"))
+        return TargetKind(
+            chunk=pool.chunk_size,
+            thin=True,
+            zeroes_new_chunks=pool.zero,
+            discard=dev.discard_max_bytes > 0 and not external,
+            fresh=self.created and not self.h.incremental,
+        )
+
     def _checkpoint(self, writer: ChunkWriter, dev: BlockDevice, applied: int) -> None:
-        """Make everything up to ``applied`` durable, then say so on the volume."""
+        """Make everything up to ``applied`` durable, then say so on the volume.
+
+        The device refuses every flush after one failed, so a durable point is
+        never recorded past data that did not reach the disk.
+        """
         assert self.target is not None
-        writer.finish()
+        writer.checkpoint()
         dev.sync()
-        token = ResumeToken.for_stream(applied, self.h.detect_level, self.h.new_fingerprint)
-        with _signals_deferred():
-            lvm.set_tags(self.target, add=[token.tag], remove=self._resume_tags())
-        self.target.tags = [t for t in self.target.tags if t not in self._resume_tags()]
-        self.target.tags.append(token.tag)
+        new, base = _identities(self.h)
+        token = ResumeToken(applied, new, base)
+        if ResumeToken.from_tags(self.target.tags) != token:
+            old = tags.with_prefix(self.target.tags, tags.RESUME_PREFIX)
+            with _signals_deferred():
+                lvm.set_tags(self.target, add=[token.tag], remove=old)
         self.durable = applied
 
     def _keep_for_resume(self, writer: ChunkWriter, dev: BlockDevice, applied: int) -> None:
@@ -276,41 +404,41 @@ class _Apply:
         try:
             self._checkpoint(writer, dev, applied)
         except (LvdiffError, OSError) as e:
-            print(f"lvpatch: could not record progress ({e})", file=sys.stderr)
+            self.report(Note(f"could not record progress ({e})"))
         token = ResumeToken.from_tags(self.target.tags)
         if token is None:
             return  # no durable point was ever recorded: nothing to resume from
         self.created = False  # keep it
-        print(
-            f"lvpatch: kept the incomplete {self.target.full_name} (durable up to byte "
-            f"{token.offset}); resume with:\n  lvdiff --resume {token} ... | "
-            f"lvpatch --resume -g {self.vg} {self.name}",
-            file=sys.stderr,
+        self.report(
+            Note(
+                f"kept the incomplete {self.target.full_name} (durable up to byte "
+                f"{token.offset}); resume with:\n  lvdiff --resume {token} ... | "
+                f"lvpatch --resume -g {self.vg} {self.name}"
+            )
         )
 
-    def _resume_tags(self) -> list[str]:
-        return [t for t in (self.target.tags if self.target else []) if t.startswith(TAG_PREFIX)]
 
-    def _verify(self, dev: BlockDevice, label: str) -> None:
-        if self.h.new_fingerprint:
-            fp = fpr.Fingerprint.from_dict(self.h.new_fingerprint)
-            if not fpr.verify(fp, dev.read):
-                raise VerifyFailed(
-                    f"{label} does not match the fingerprint of {self.h.new['name']} after writing"
-                )
+def _identities(h: Header) -> tuple[str, str | None]:
+    """NEW's and BASE's identities as a resume token pins them."""
+    assert h.new.identity is not None
+    return h.new.identity, (h.base.identity if h.base else None)
 
 
-def cleanup(vg: str, resumable: bool = False, locked: tuple[str, ...] = ()) -> list[str]:
+def cleanup(
+    vg: str,
+    report: Reporter = ignore,
+    resumable: bool = False,
+    locked: tuple[str, ...] = (),
+    listing: list[lvm.LV] | None = None,
+) -> list[str]:
     """Remove targets that a killed lvpatch left tagged incomplete in ``vg``.
 
     Volumes kept for ``--resume`` go only when ``resumable`` (lvpatch --cleanup).
     """
-    removed = lvm.remove_stale(vg, lvm.TAG_INCOMPLETE, resumable=resumable, locked=locked)
+    found = lvm.lvs_in_vg(vg) if listing is None else listing
+    removed = lvm.remove_stale(found, tags.INCOMPLETE, resumable=resumable, locked=locked)
     for full_name in removed:
-        print(
-            f"lvpatch: removed {full_name}, left incomplete by an interrupted lvpatch",
-            file=sys.stderr,
-        )
+        report(Note(f"removed {full_name}, left incomplete by an interrupted lvpatch"))
     return removed
 
 
@@ -320,33 +448,9 @@ def _pool_full_is_named(thin: lvm.LV | None) -> Iterator[None]:
     try:
         yield
     except DeviceError as e:
-        if thin is not None and lvm.pool_out_of_data_space(thin.vg, thin.pool):
+        if thin is not None and thin.is_thin and lvm.pool_out_of_data_space(thin.vg, thin.pool):
             raise DeviceError(f"thin pool {thin.vg}/{thin.pool} is full ({e})") from None
         raise
-
-
-def _progress_bar(enabled: bool, total: int):  # noqa: ANN202 - tqdm is imported lazily
-    """Position in the volume, on stderr; tqdm is only loaded when asked for."""
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="lvpatch")
-
-
-def _check_base_identity(h: Header, base_lv: lvm.LV) -> None:
-    if h.base_size is not None and base_lv.size < h.base_size:
-        raise BaseMismatch(
-            f"{base_lv.full_name} holds {base_lv.size} bytes; the stream's base "
-            f"{h.base['name']} held {h.base_size}"
-        )
-
-
-def _target_chunk(thin: lvm.LV | None) -> int:
-    """The granularity at which the target must be written whole."""
-    if thin is None:
-        return 4096  # a volume that is not thin: page-sized read-modify-write
-    return lvm.get_lv(thin.vg, thin.pool).chunk_size
 
 
 class _signals_deferred:
@@ -366,4 +470,4 @@ class _signals_deferred:
             signal.raise_signal(sig)
 
 
-__all__ = ["ApplyOptions", "ApplyResult", "StreamError", "apply_stream"]
+__all__ = ["ApplyOptions", "ApplyResult", "StreamError", "apply_stream", "cleanup", "describe"]

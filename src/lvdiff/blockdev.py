@@ -50,6 +50,7 @@ class BlockDevice:
             if e.errno == errno.EBUSY:
                 raise DeviceError(f"{path} is in use (mounted or held open exclusively)") from None
             raise DeviceError(f"cannot open {path}: {e.strerror}") from None
+        self._sync_failed: str | None = None
         st = os.fstat(self.fd)
         self.is_block = stat.S_ISBLK(st.st_mode)
         self.rdev = st.st_rdev if self.is_block else None
@@ -88,6 +89,12 @@ class BlockDevice:
         except OSError as e:
             raise _io_error(e, "read error on", self.path, offset) from None
 
+    def read_once(self, offset: int, length: int) -> bytes:
+        """Read, then drop the pages: a backup must not evict a server's working set."""
+        data = self.read(offset, length)
+        self.drop_cache(offset, length)
+        return data
+
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
         done = 0
@@ -104,17 +111,39 @@ class BlockDevice:
             raise _io_error(e, "discard failed on", self.path, offset) from None
 
     def zeroout(self, offset: int, length: int) -> None:
-        """Make a range read as zeros on a device that is not thin (BLKZEROOUT)."""
+        """Make a range read as zeros on a device that is not thin (BLKZEROOUT).
+
+        A regular file gets zeros written, a slice at a time.
+        """
+        if not self.is_block:
+            zeros = memoryview(bytes(min(length, 4 << 20)))
+            end = offset + length
+            while offset < end:
+                n = min(len(zeros), end - offset)
+                self.write(offset, zeros[:n])
+                offset += n
+            return
         try:
             fcntl.ioctl(self.fd, BLKZEROOUT, struct.pack("QQ", offset, length))
         except OSError as e:
             raise _io_error(e, "zeroing failed on", self.path, offset) from None
 
     def sync(self) -> None:
+        """Flush what was written; once a flush failed, every later one fails too.
+
+        Linux reports a write-back error to each open file once, and the pages
+        that failed are no longer dirty: a second fsync returns 0 although the
+        data never reached the disk.  A caller that retried (or recorded a
+        durable point after "succeeding") would believe lost data was safe.
+        """
+        if self._sync_failed:
+            raise DeviceError(f"an earlier flush of {self.path} failed: {self._sync_failed}")
         try:
             os.fsync(self.fd)
         except OSError as e:
-            raise _io_error(e, "flush failed on", self.path, 0) from None
+            err = _io_error(e, "flush failed on", self.path, 0)
+            self._sync_failed = str(err)
+            raise err from None
 
     def drop_cache(self, offset: int = 0, length: int = 0) -> None:
         """Forget cached pages (all by default).

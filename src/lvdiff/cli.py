@@ -12,15 +12,20 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from . import __version__
-from .apply import ApplyOptions, apply_stream, cleanup
-from .dump import DumpOptions, dump
 from .errors import LvdiffError, UsageError
+from .events import Event, Note, Progress
+from .fingerprint import describe_level
 from .lvm import get_lv, parse_lv_spec
 from .resume import ResumeToken
-from .stream import Header, escape_for_terminal
+
+if TYPE_CHECKING:
+    from .apply import ApplyResult
+
+# Each command imports only its own engine (in its main function): a tool's start
+# is mostly imports, and lvpatch has no use for thin_delta's parser or lvdiff's pipeline.
 
 EXIT_CODES = """\
 exit status:
@@ -33,6 +38,48 @@ exit status:
   6    an lvm, dmsetup or thin_delta command failed (its command line and stderr shown)
   130  interrupted (SIGINT/SIGTERM); everything was cleaned up
 """
+
+
+LEVELS_HELP = "\n".join(f"  {n}  {describe_level(n)}" for n in range(4))
+LINEAGE_HELP = (
+    "Lineage: every stream names the identity of NEW and of BASE (like a ZFS snapshot's\n"
+    "GUID). lvpatch records NEW's on the volume it restores and refuses, whatever the\n"
+    "check level, a -l BASE recorded as anything else; a BASE without one (made by other\n"
+    "means) is checked by content only, at the stream's level:\n" + LEVELS_HELP
+)
+
+
+class Console:
+    """Shows engine events on stderr: notes as lines, progress as a tqdm bar."""
+
+    def __init__(self, prog: str, progress: bool) -> None:
+        self.prog, self.progress, self.bar = prog, progress, None
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, Note):
+            text = f"{self.prog}: {event.text}"
+            if self.bar is not None:
+                self.bar.write(text, file=sys.stderr)
+            else:
+                print(text, file=sys.stderr)
+        elif isinstance(event, Progress) and self.progress:
+            if self.bar is None:
+                from tqdm import tqdm
+
+                self.bar = tqdm(
+                    total=event.total,
+                    unit="B",
+                    unit_scale=True,
+                    unit_divisor=1024,
+                    desc=self.prog,
+                    file=sys.stderr,
+                )
+            self.bar.update(event.done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def _parse_meta(text: str) -> tuple[str, str]:
@@ -62,7 +109,7 @@ def lvdiff_parser() -> argparse.ArgumentParser:
         "thin pool) as a verifiable stream; with NEW alone, a full stream.",
         epilog="Volumes are LV (with -g VG), VG/LV or /dev/VG/LV. A volume that is active and "
         "writable is read through a temporary thin snapshot, so a mounted volume "
-        "gives a consistent point in time.\n\n" + EXIT_CODES,
+        "gives a consistent point in time.\n\n" + LINEAGE_HELP + "\n\n" + EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
@@ -79,8 +126,9 @@ def lvdiff_parser() -> argparse.ArgumentParser:
         type=_level,
         default=2,
         metavar="0..3",
-        help="base check: 0 none, 1 head chunk, 2 head plus 64 random mapped "
-        "chunks (default), 3 every chunk",
+        help="how lvpatch checks the content of BASE before writing and of the result "
+        "after: 0 none, 1 head chunk, 2 random 4 KiB samples over the whole volume "
+        "(default), 3 every byte; see below for what each guarantees",
     )
     p.add_argument(
         "--meta",
@@ -97,7 +145,8 @@ def lvdiff_parser() -> argparse.ArgumentParser:
         metavar="TOKEN",
         type=_token,
         help="send only what an interrupted `lvpatch -s` still needs (the token it "
-        "printed, or `lvpatch -g VG --resume-token NAME`); same volumes as before",
+        "printed, or `lvpatch -g VG --resume-token NAME`); same volumes as before, "
+        "which must be read-only snapshots",
     )
     p.add_argument(
         "--progress",
@@ -116,18 +165,30 @@ def lvpatch_parser() -> argparse.ArgumentParser:
         "snapshot NAME of BASE (incremental stream), or a new thin volume NAME "
         "in POOL (full stream). BASE is left untouched; on any failure NAME is "
         "removed.",
-        epilog="NAME defaults to the name of NEW recorded in the stream.\n\n" + EXIT_CODES,
+        epilog="NAME defaults to the name of NEW recorded in the stream. The restored volume "
+        "is read-only (lvchange -p r), so it stays the snapshot its identity names and can "
+        "be the base of the next incremental; mount it read-only, or snapshot it for a "
+        "writable copy.\n\n" + LINEAGE_HELP + "\n\n" + EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("name", nargs="?", metavar="NAME", help="volume to create")
     p.add_argument("-g", "--vg", "--lvgroup", required=True, help="volume group")
-    p.add_argument("-l", "--lv", metavar="BASE", help="volume equal to the stream's base")
+    p.add_argument(
+        "-l", "--lv", metavar="BASE", help="volume equal to the stream's base (LV or VG/LV)"
+    )
     p.add_argument("-p", "--pool", help="thin pool for a full stream")
     p.add_argument("-i", "--input", type=Path, help="read the stream from FILE, not stdin")
     p.add_argument(
         "--no-base-check",
         action="store_true",
-        help="do not verify that BASE is the stream's base before writing",
+        help="do not check that BASE is the stream's base (neither its identity nor "
+        "its content) before writing; the result is still verified",
+    )
+    p.add_argument(
+        "--writable",
+        action="store_true",
+        help="leave the restored volume writable; by default it is made read-only, "
+        "since a volume written after its restore is no longer the snapshot it names",
     )
     p.add_argument(
         "--in-place",
@@ -181,7 +242,7 @@ def _fail(prog: str, err: BaseException) -> NoReturn:
     sys.exit(getattr(err, "exit_code", 1))
 
 
-def _run(prog: str, body: Callable[[], int]) -> int:
+def _run(prog: str, body: Callable[[], int], console: Console) -> int:
     def on_term(_sig: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
@@ -194,47 +255,56 @@ def _run(prog: str, body: Callable[[], int]) -> int:
             )
         return body()
     except KeyboardInterrupt:
+        console.close()
         print(f"{prog}: interrupted; cleaned up", file=sys.stderr)
         return 130
-    except LvdiffError as e:
+    except (LvdiffError, OSError) as e:
+        console.close()
         _fail(prog, e)
-    except OSError as e:
-        _fail(prog, e)
+
+
+def _progress_wanted(flag: bool | None) -> bool:
+    return sys.stderr.isatty() if flag is None else flag
 
 
 def lvdiff_main(argv: Sequence[str] | None = None) -> int:
     args = lvdiff_parser().parse_args(argv)
     if len(args.volumes) > 2:
         lvdiff_parser().error("give BASE NEW, or NEW alone")
+    console = Console("lvdiff", _progress_wanted(args.progress))
 
     def body() -> int:
+        from .dump import DumpOptions, dump
+
         *base, new = [parse_lv_spec(v, args.vg) for v in args.volumes]
         opts = DumpOptions(
             level=args.detect_level,
             meta=args.meta,
             thin_delta=os.environ.get("LVDIFF_THIN_DELTA", "thin_delta"),
             resume=args.resume,
-            progress=sys.stderr.isatty() if args.progress is None else args.progress,
         )
+        old = base[0] if base else None
         if args.output is None:
             if sys.stdout.isatty():
                 raise UsageError(
                     "refusing to write a binary stream to a terminal; "
                     "redirect stdout or use -o FILE"
                 )
-            result = dump(new, base[0] if base else None, sys.stdout.buffer, args.pool, opts)
+            result = dump(new, old, sys.stdout.buffer, args.pool, opts, console)
             sys.stdout.buffer.flush()
             where = "-"
         else:
             where = str(args.output)
             try:
                 with open(args.output, "xb") as out:
-                    result = dump(new, base[0] if base else None, out, args.pool, opts)
+                    result = dump(new, old, out, args.pool, opts, console)
+                    os.fsync(out.fileno())  # a stream reported written is on disk
             except FileExistsError:
                 raise UsageError(f"{args.output} exists; not overwriting it") from None
             except BaseException:
                 args.output.unlink(missing_ok=True)
                 raise
+        console.close()
         t = result.totals
         print(
             f"lvdiff: {t.data_records} data records ({t.data_bytes} bytes, "
@@ -244,28 +314,33 @@ def lvdiff_main(argv: Sequence[str] | None = None) -> int:
         print(f"{result.sha256}  {where}", file=sys.stderr)
         return 0
 
-    return _run("lvdiff", body)
+    return _run("lvdiff", body, console)
 
 
-def describe(h: Header) -> str:
-    """What lvpatch is about to restore, with every stream-supplied text escaped."""
-    e = escape_for_terminal
-    src = f"{e(h.vg)}/{e(h.new['name'])}"
+def outcome(res: ApplyResult) -> str:
+    """The last word of lvpatch: what was restored and which checks actually ran."""
+    h = res.header
+    if res.verified_level:
+        checked = f"verified against NEW's fingerprint (level {res.verified_level})"
+    else:
+        checked = "NOT verified (the stream was made with -d 0)"
     lines = [
-        f"lvpatch: restoring {src} ({h.kind}"
-        + (f" from {e(h.vg)}/{e(h.base['name'])})" if h.base else ")"),
-        f"  source pool {e(h.vg)}/{e(h.pool)}, size {h.volume_size} bytes, "
-        f"chunk {h.chunk_size} bytes",
-        f"  created {e(h.created)} by {e(h.tool)}, base check level {h.detect_level}",
+        f"lvpatch: {res.target} restored, {checked}"
+        + ("; read-only" if res.read_only else "")
+        + f" ({res.totals.data_bytes} bytes written, {res.totals.zero_bytes} zeroed)"
     ]
-    lines += [f"  {e(k)}: {e(v)}" for k, v in h.meta]
+    if h.incremental and res.base_checked:
+        lines.append(f"lvpatch: base {res.base_checked}")
     return "\n".join(lines)
 
 
 def lvpatch_main(argv: Sequence[str] | None = None) -> int:
     args = lvpatch_parser().parse_args(argv)
+    console = Console("lvpatch", _progress_wanted(args.progress))
 
     def body() -> int:
+        from .apply import ApplyOptions, apply_stream, cleanup
+
         if args.resume_token:
             if not args.name:
                 raise UsageError("--resume-token needs the volume NAME")
@@ -275,16 +350,16 @@ def lvpatch_main(argv: Sequence[str] | None = None) -> int:
             print(token)
             return 0
         if args.cleanup:
-            removed = cleanup(args.vg, resumable=True)
+            removed = cleanup(args.vg, console, resumable=True)
             print(f"lvpatch: {len(removed)} incomplete volume(s) removed", file=sys.stderr)
             return 0
         opts = ApplyOptions(
             base_check=not args.no_base_check,
             in_place=args.in_place,
+            writable=args.writable,
             resumable=args.resumable or args.resume,
             resume=args.resume,
             checkpoint_bytes=max(1, args.checkpoint_mib) << 20,
-            progress=sys.stderr.isatty() if args.progress is None else args.progress,
         )
         if args.input is not None:
             try:
@@ -303,14 +378,12 @@ def lvpatch_main(argv: Sequence[str] | None = None) -> int:
                 pool=args.pool,
                 name=args.name,
                 options=opts,
-                announce=lambda h: print(describe(h), file=sys.stderr),
+                report=console,
+                announce=console,
             )
-        print(
-            f"lvpatch: {res.target} restored and verified "
-            f"({res.totals.data_bytes} bytes written, {res.totals.zero_bytes} zeroed)",
-            file=sys.stderr,
-        )
+        console.close()
+        print(outcome(res), file=sys.stderr)
         print(f"{res.sha256}  stream", file=sys.stderr)
         return 0
 
-    return _run("lvpatch", body)
+    return _run("lvpatch", body, console)

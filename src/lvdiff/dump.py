@@ -11,21 +11,21 @@ from __future__ import annotations
 
 import os
 import secrets
-import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from . import fingerprint as fpr
-from . import lvm
+from . import lineage, lvm, tags
 from .blockdev import BlockDevice
 from .errors import LvdiffError, UsageError
+from .events import Note, Progress, Reporter, ignore
 from .plan import ZERO, Extent, plan
 from .resume import ResumeToken
-from .stream import Header, StreamWriter, Totals, encode_data, encode_zero
+from .stream import Header, StreamWriter, Totals, VolumeRef, encode_data, encode_zero
 from .thindelta import DeltaRange, check_version, thin_delta
 
 ZERO_GRAIN = 64 * 1024  # finest unit at which all-zero data is sent as ZERO
@@ -42,7 +42,6 @@ class DumpOptions:
     thin_delta: str = "thin_delta"
     workers: int = max(2, min(8, os.cpu_count() or 2))
     zstd_level: int | None = 3
-    progress: bool = False
     resume: ResumeToken | None = None  # re-send only what lies past an lvpatch's durable point
 
 
@@ -59,16 +58,16 @@ def dump(
     out: BinaryIO,
     pool: str | None = None,
     options: DumpOptions | None = None,
+    report: Reporter = ignore,
 ) -> DumpResult:
     """Write the stream that turns BASE into NEW (or a full stream of NEW)."""
     opt = options or DumpOptions()
-    if opt.resume:  # the interrupted stream's level and seed, so fingerprints match
-        opt = replace(opt, level=opt.resume.level)
     if opt.level not in (0, 1, 2, 3):
         raise UsageError(f"detect level must be 0..3, not {opt.level}")
     check_version(opt.thin_delta)
-    new_lv = lvm.get_thin_in_pool(*new)
-    base_lv = lvm.get_thin_in_pool(*base) if base else None
+    listing = lvm.lvs_in_vg(new[0])  # once: every lvm command costs a metadata scan
+    new_lv = lvm.get_thin(*new, listing)
+    base_lv = lvm.get_thin(*base, listing if base[0] == new[0] else None) if base else None
     if base_lv and (base_lv.vg, base_lv.pool) != (new_lv.vg, new_lv.pool):
         raise UsageError(
             f"{base_lv.full_name} (pool {base_lv.pool}) and {new_lv.full_name} "
@@ -76,16 +75,24 @@ def dump(
         )
     if pool and new_lv.pool != pool:
         raise UsageError(f"{new_lv.full_name} is in pool {new_lv.pool}, not {pool}")
+    if opt.resume:
+        _check_resumable(opt.resume, new_lv, base_lv)
     vg, pool_name = new_lv.vg, new_lv.pool
-    pool_lv = lvm.get_lv(vg, pool_name)
+    pool_lv = lvm.get_lv(vg, pool_name, listing)
     chunk = pool_lv.chunk_size
 
     with ExitStack() as stack:
         stack.enter_context(lvm.pool_lock(vg, pool_name))
-        for stale in lvm.remove_stale(vg, lvm.TAG_TEMP, pool_name):
-            print(f"lvdiff: removed {stale}, left by a killed lvdiff", file=sys.stderr)
-        src_new = _point_in_time(stack, new_lv)
-        src_base = _point_in_time(stack, base_lv) if base_lv else None
+        for stale in lvm.remove_stale(lvm.lvs_in_vg(vg), tags.TEMP, pool_name):
+            report(Note(f"removed {stale}, left by a killed lvdiff"))
+        src_new = _point_in_time(stack, new_lv, "new")
+        src_base = _point_in_time(stack, base_lv, "base") if base_lv else None
+        for lv, shown in ((src_new, new_lv), (src_base, base_lv)):
+            if lv and shown and lvm.external_origin(lv):
+                raise UsageError(
+                    f"{shown.full_name} reads unprovisioned blocks from an external origin; "
+                    "lvdiff can only copy volumes whose data is all in the pool"
+                )
         meta_dev = stack.enter_context(lvm.metadata_snapshot(vg, pool_name))
         new_dev = stack.enter_context(BlockDevice(src_new.dev))
         snap1 = src_base.thin_id if src_base else src_new.thin_id
@@ -98,24 +105,15 @@ def dump(
 
             return spans
 
-        unit = fpr.unit_for(chunk)
-        seed = opt.resume.seed if opt.resume else secrets.randbits(63)
         base_fp = None
         if src_base:
             with BlockDevice(src_base.dev) as base_dev:
                 base_fp = fpr.compute(
-                    opt.level, base_dev.read, src_base.size, unit, seed, mapped("left")
+                    opt.level, base_dev.read_once, src_base.size, chunk, _seed(), mapped("left")
                 )
-        new_fp = fpr.compute(opt.level, new_dev.read, src_new.size, unit, seed, mapped("right"))
-        resume_offset = None
-        if opt.resume:
-            if new_fp is None or new_fp.sha256[:32] != opt.resume.new_fp:
-                raise LvdiffError(
-                    f"{new_lv.full_name} is not what the interrupted transfer was "
-                    "sending (its fingerprint differs); start a new transfer"
-                )
-            resume_offset = opt.resume.offset
-
+        new_fp = fpr.compute(
+            opt.level, new_dev.read_once, src_new.size, chunk, _seed(), mapped("right")
+        )
         header = Header(
             kind="incremental" if base_lv else "full",
             volume_size=new_lv.size,
@@ -124,14 +122,14 @@ def dump(
             vg=vg,
             pool=pool_name,
             transaction_id=pool_lv.transaction_id or 0,
-            base=_identity(base_lv) if base_lv else None,
-            new=_identity(new_lv),
-            meta=[[k, v] for k, v in opt.meta],
+            base=_ref(base_lv, src_base) if base_lv and src_base else None,
+            new=_ref(new_lv, src_new),
+            meta=[(k, v) for k, v in opt.meta],
             compression="zstd" if opt.zstd_level is not None else "none",
             detect_level=opt.level,
-            base_fingerprint=base_fp.to_dict() if base_fp else None,
-            new_fingerprint=new_fp.to_dict() if new_fp else None,
-            resume_offset=resume_offset,
+            base_fingerprint=base_fp,
+            new_fingerprint=new_fp,
+            resume_offset=opt.resume.offset if opt.resume else None,
         )
         writer = StreamWriter(out, header)
         with thin_delta(opt.thin_delta, meta_dev, snap1, src_new.thin_id) as delta:
@@ -140,11 +138,40 @@ def dump(
             if sb.chunk_bytes != chunk:
                 raise LvdiffError(f"thin_delta reports {sb.chunk_bytes}-byte chunks, lvs {chunk}")
             extents = plan(delta.ranges(), chunk, new_lv.size, base_lv.size if base_lv else None)
-            if resume_offset:
-                extents = skip_before(extents, resume_offset)
-            send(extents, new_dev, writer, opt)
+            if opt.resume:
+                extents = skip_before(extents, opt.resume.offset)
+            send(extents, new_dev, writer, opt, report)
         digest = writer.close()
         return DumpResult(header, digest, writer.totals)
+
+
+def _seed() -> str:
+    """An independent random seed for each fingerprint (see lvdiff.fingerprint)."""
+    return secrets.token_hex(16)
+
+
+def _check_resumable(token: ResumeToken, new_lv: lvm.LV, base_lv: lvm.LV | None) -> None:
+    """Resume only from volumes that cannot have changed since the interrupted transfer."""
+    for lv in (new_lv, base_lv):
+        if lv and lv.writable:
+            raise UsageError(
+                f"cannot resume from {lv.full_name}: it is writable, so nothing proves it "
+                "is what the interrupted transfer was sending; transfers resume from "
+                "read-only snapshots (lvcreate -s -p r, or lvchange -p r before the first run)"
+            )
+    got = (lineage.source_identity(new_lv), lineage.source_identity(base_lv) if base_lv else None)
+    if got != (token.new_identity, token.base_identity):
+        raise UsageError(
+            "these are not the volumes the interrupted transfer was sending "
+            f"(token {token}); give the same BASE and NEW, or start a new transfer"
+        )
+
+
+def _ref(named: lvm.LV, read: lvm.LV) -> VolumeRef:
+    """The header's reference to a volume: its name, and the identity of what was read."""
+    return VolumeRef(
+        named.name, named.uuid, named.thin_id or 0, lineage.source_identity(named, read)
+    )
 
 
 def skip_before(extents: Iterable[Extent], offset: int) -> Iterator[Extent]:
@@ -155,10 +182,6 @@ def skip_before(extents: Iterable[Extent], offset: int) -> Iterator[Extent]:
         if e.offset < offset:
             e = Extent(e.kind, offset, e.end - offset)
         yield e
-
-
-def _identity(lv: lvm.LV) -> dict[str, object]:
-    return {"name": lv.name, "uuid": lv.uuid, "thin_id": lv.thin_id}
 
 
 def _spans(
@@ -180,16 +203,16 @@ def _spans(
         yield cur[0], cur[1]
 
 
-def _point_in_time(stack: ExitStack, lv: lvm.LV) -> lvm.LV:
-    """A read-only view of ``lv`` that cannot change while we read it.
+def _point_in_time(stack: ExitStack, lv: lvm.LV, side: str) -> lvm.LV:
+    """A view of ``lv`` that cannot change while we read it.
 
     A volume that is active and writable (mounted, in use) gets a temporary
-    thin snapshot, removed at the end; anything else is activated if needed
-    and its activation put back as it was.
+    read-only thin snapshot, removed at the end; anything else is activated
+    if needed and its activation put back as it was.
     """
     if lv.active and lv.writable:
-        name = f"lvdiff_{os.getpid()}_{lv.name}"[:120]
-        snap = lvm.create_snapshot(lv, name, tags=(lvm.TAG_TEMP,))
+        name = f"lvdiff_{os.getpid()}_{side}_{lv.name[:40]}"
+        snap = lvm.create_snapshot(lv, name, add_tags=(tags.TEMP,), writable=False)
         stack.callback(lvm.remove, snap)
         lvm.activate(snap)
         return lvm.get_thin(snap.vg, snap.name)
@@ -222,50 +245,36 @@ def encode_extent(
 
 
 def send(
-    extents: Iterable[Extent], dev: BlockDevice, writer: StreamWriter, opt: DumpOptions
+    extents: Iterable[Extent],
+    dev: BlockDevice,
+    writer: StreamWriter,
+    opt: DumpOptions,
+    report: Reporter = ignore,
 ) -> None:
     """Bounded pipeline: worker threads read and compress, this thread writes in order."""
     depth = opt.workers * 2
-    progress = _progress(opt.progress)
+    done = 0
 
     def work(e: Extent) -> list[bytes]:
-        data = dev.read(e.offset, e.length)
-        dev.drop_cache(e.offset, e.length)  # read once: keep the server's page cache
-        return encode_extent(e.offset, data, opt.zstd_level)
+        return encode_extent(e.offset, dev.read_once(e.offset, e.length), opt.zstd_level)
 
-    def emit(item: Future[list[bytes]] | list[bytes]) -> None:
+    def emit(item: Future[list[bytes]] | list[bytes], e: Extent) -> None:
+        nonlocal done
         records = item.result() if isinstance(item, Future) else item
         for rec in records:
             writer.write_record(rec)
-        progress(records)
+        done += e.length
+        report(Progress(done, None))
 
     ex = ThreadPoolExecutor(opt.workers, thread_name_prefix="lvdiff-read")
     try:
-        queue: deque[Future[list[bytes]] | list[bytes]] = deque()
+        queue: deque[tuple[Future[list[bytes]] | list[bytes], Extent]] = deque()
         for e in extents:
-            queue.append(
-                [encode_zero(e.offset, e.length)] if e.kind == ZERO else ex.submit(work, e)
-            )
+            item = [encode_zero(e.offset, e.length)] if e.kind == ZERO else ex.submit(work, e)
+            queue.append((item, e))
             while len(queue) > depth:
-                emit(queue.popleft())
+                emit(*queue.popleft())
         while queue:
-            emit(queue.popleft())
+            emit(*queue.popleft())
     finally:
         ex.shutdown(wait=True, cancel_futures=True)
-    progress(None)
-
-
-def _progress(enabled: bool) -> Callable[[list[bytes] | None], None]:
-    if not enabled:
-        return lambda _records: None
-    from tqdm import tqdm
-
-    bar = tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc="lvdiff", file=sys.stderr)
-
-    def update(records: list[bytes] | None) -> None:
-        if records is None:
-            bar.close()
-        else:
-            bar.update(sum(len(r) for r in records))
-
-    return update

@@ -1,152 +1,172 @@
-"""Fingerprints of a volume's content at detect levels 1-3.
+"""Fingerprints of a volume's content: what lvpatch checks before and after writing.
 
-A fingerprint names byte ranges ("units") and the SHA-256 over the SHA-256 of
-each, in order.  It is defined on content alone, not on thin mappings or
-chunk sizes, so the target (any pool, any chunk size, even a plain disk) can
-recompute it just by reading: unmapped regions read as zeros on both sides.
+A fingerprint names byte ranges ("units") of a volume and the SHA-256 over
+the SHA-256 of each, in order.  It is defined on content alone, not on thin
+mappings or chunk sizes, so any target (another pool, another chunk size, a
+plain disk, an image file) recomputes it just by reading.
 
 - level 1: the head unit.
-- level 2: the head unit plus a seeded uniform sample of the mapped units
-  (positions recorded, so the target needs no mapping knowledge).
-- level 3: every unit of the volume; the source skips reading unmapped units
-  (their digest is the digest of zeros) but the result is the same.
+- level 2: the head unit plus ``samples`` units of 4 KiB drawn uniformly over
+  the *whole* volume, mapped or not, so ranges that must read as zeros are
+  checked too.  The positions follow from a random seed by a rule any
+  implementation can repeat (see :func:`sample_offsets`), so the header
+  carries the seed, not thousands of offsets.  BASE and NEW get independent
+  seeds, so the check after writing is not a repeat of the check before it.
+- level 3: every unit of the volume.
+
+What level 2 guarantees is a probability: if a fraction ``f`` of the
+volume's 4 KiB blocks differ, all ``k`` samples miss them with probability
+``(1 - f) ** k`` (:func:`miss_probability`).  ``k`` grows with the volume
+(one sample per 16 MiB, from 1024 to 16384), so a difference of a fixed size
+stays likely to be seen on large volumes while the check reads at most
+64 MiB.  The common mistake, a stream applied onto the wrong snapshot, is
+refused by lineage identities (see lvdiff.apply) whatever the level.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
-import random
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import CorruptStream
 
+ALGORITHM = "sha256-of-sha256"
 UNIT_MAX = 1 << 20
-SAMPLES = 64
+SAMPLE_UNIT = 4096  # level 2: the block size filesystems write in
+SAMPLE_GRAIN = 16 << 20  # level 2: one sample per this many bytes of volume...
+MIN_SAMPLES = 1024  # ...but at least this many
+MAX_SAMPLES = 16384  # ...and at most this many (64 MiB of 4 KiB reads)
+LEGACY_MAX_OFFSETS = 65  # format 1.x listed the head plus up to 64 offsets
 READ_BATCH = 4 << 20
 
 Reader = Callable[[int, int], bytes]  # (offset, length) -> exactly length bytes
+_KEYS = ("level", "algorithm", "unit", "size", "sha256")
+_SEED_RE = re.compile(r"[0-9a-f]{32}")
+_DIGEST_RE = re.compile(r"[0-9a-f]{64}")
 
 
 def unit_for(chunk: int) -> int:
-    """Fingerprint unit: the source chunk, capped so level 2 reads stay small."""
+    """Level 1 and 3 unit: the source chunk, capped so the head read stays small."""
     return min(chunk, UNIT_MAX)
 
 
-@dataclass
+def samples_for(size: int) -> int:
+    """How many units a level-2 fingerprint samples on a volume of ``size`` bytes."""
+    return max(MIN_SAMPLES, min(MAX_SAMPLES, -(-size // SAMPLE_GRAIN)))
+
+
+def miss_probability(changed_fraction: float, samples: int) -> float:
+    """Chance that ``samples`` uniform draws all miss a difference of this fraction."""
+    return (1.0 - changed_fraction) ** samples
+
+
+@dataclass(frozen=True)
 class Fingerprint:
+    """A validated fingerprint, as lvdiff computed it or a stream header carried it."""
+
     level: int
     unit: int
     size: int
     sha256: str
-    offsets: list[int] | None = None  # None at level 3: every unit
-    seed: int | None = None
+    seed: str | None = None  # level 2: 32 hex digits that choose the samples
+    samples: int = 0  # level 2: how many draws (before removing duplicates)
+    listed: tuple[int, ...] | None = None  # format 1.x: sample offsets given in full
+
+    def offsets(self) -> list[int] | None:
+        """Byte offsets of the units hashed; None at level 3 (every unit)."""
+        if self.level == 3:
+            return None
+        if self.listed is not None:
+            return list(self.listed)
+        if self.level == 1:
+            return [0]
+        assert self.seed is not None
+        return sample_offsets(self.size, self.unit, self.seed, self.samples)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
             "level": self.level,
-            "algorithm": "sha256-of-sha256",
+            "algorithm": ALGORITHM,
             "unit": self.unit,
             "size": self.size,
             "sha256": self.sha256,
         }
-        if self.offsets is not None:
-            d["offsets"] = self.offsets
-        if self.seed is not None:
+        if self.level == 2:
             d["seed"] = self.seed
+            d["samples"] = self.samples
         return d
 
     @classmethod
-    def from_dict(cls, d: Any) -> Fingerprint:
-        """Parse and bound a fingerprint from a stream header (which may be hostile)."""
-        try:
-            fp = cls(
-                level=d["level"],
-                unit=d["unit"],
-                size=d["size"],
-                sha256=d["sha256"],
-                offsets=d.get("offsets"),
-                seed=d.get("seed"),
-            )
-            ok = (
-                d.get("algorithm") == "sha256-of-sha256"
-                and all(type(v) is int for v in (fp.level, fp.unit, fp.size))
-                and fp.level in (1, 2, 3)
-                and 512 <= fp.unit <= UNIT_MAX
-                and fp.unit & (fp.unit - 1) == 0
-                and 0 < fp.size <= 1 << 63
-                and isinstance(fp.sha256, str)
-                and len(fp.sha256) == 64
-                and int(fp.sha256, 16) >= 0
-            )
-            if ok and fp.level < 3:
-                offs = fp.offsets
-                ok = (
-                    isinstance(offs, list)
-                    and 0 < len(offs) <= SAMPLES + 1
-                    and all(type(o) is int and 0 <= o < fp.size and o % fp.unit == 0 for o in offs)
-                    and all(a < b for a, b in zip(offs, offs[1:], strict=False))
-                )
-            elif ok:
-                ok = fp.offsets is None
-        except (KeyError, TypeError, ValueError, AttributeError):
-            ok = False
-        if not ok:
-            raise CorruptStream("stream header holds a malformed fingerprint")
-        return fp
+    def from_dict(cls, d: Any, legacy: bool = False) -> Fingerprint:
+        """Parse and bound a fingerprint from a stream header, which may be hostile.
+
+        ``legacy`` reads the form of format 1.x, which listed the sampled
+        offsets instead of deriving them from a seed.
+        """
+        if not isinstance(d, dict) or d.get("algorithm") != ALGORITHM:
+            raise CorruptStream("stream header holds a malformed fingerprint (not an object)")
+        level, unit, size, digest = (d.get(k) for k in ("level", "unit", "size", "sha256"))
+
+        def bad(why: str) -> CorruptStream:
+            return CorruptStream(f"stream header holds a malformed fingerprint: {why}")
+
+        if type(level) is not int or level not in (1, 2, 3):
+            raise bad("level must be 1, 2 or 3")
+        if type(unit) is not int or not 512 <= unit <= UNIT_MAX or unit & (unit - 1):
+            raise bad("unit must be a power of two from 512 to 1 MiB")
+        if type(size) is not int or not 0 < size <= 1 << 63:
+            raise bad("size out of range")
+        if not isinstance(digest, str) or not _DIGEST_RE.fullmatch(digest):
+            raise bad("sha256 must be 64 lowercase hex digits")
+        if legacy:
+            return cls(level, unit, size, digest, listed=_legacy_offsets(d, level, unit, size))
+        keys = set(_KEYS) | ({"seed", "samples"} if level == 2 else set())
+        if set(d) - keys:
+            raise bad(f"unexpected key {ascii(sorted(set(d) - keys)[0])[:40]} at level {level}")
+        if level != 2:
+            return cls(level, unit, size, digest)
+        seed, samples = d.get("seed"), d.get("samples")
+        if not isinstance(seed, str) or not _SEED_RE.fullmatch(seed):
+            raise bad("seed must be 32 lowercase hex digits")
+        if type(samples) is not int or not 1 <= samples <= MAX_SAMPLES:
+            raise bad(f"samples must be 1 to {MAX_SAMPLES}")
+        return cls(level, unit, size, digest, seed=seed, samples=samples)
 
 
-def _units_of(mapped: Iterable[tuple[int, int]], size: int, unit: int) -> Iterable[tuple[int, int]]:
-    """(first unit, count) for mapped byte ranges, clipped to size."""
-    for start, end in mapped:
-        end = min(end, size)
-        if start < end:
-            first = start // unit
-            yield first, (end + unit - 1) // unit - first
+def _legacy_offsets(d: dict[str, Any], level: int, unit: int, size: int) -> tuple[int, ...] | None:
+    offs = d.get("offsets")
+    if level == 3:
+        if offs is not None:
+            raise CorruptStream("stream header holds a malformed fingerprint: offsets at level 3")
+        return None
+    ok = (
+        isinstance(offs, list)
+        and 0 < len(offs) <= LEGACY_MAX_OFFSETS
+        and all(type(o) is int and 0 <= o < size and o % unit == 0 for o in offs)
+        and all(a < b for a, b in zip(offs, offs[1:], strict=False))
+    )
+    if not ok:
+        raise CorruptStream("stream header holds a malformed fingerprint: bad offsets")
+    return tuple(offs)
 
 
-def sample_units(
-    mapped: Iterable[tuple[int, int]], size: int, unit: int, k: int, rng: random.Random
-) -> list[int]:
-    """Uniform sample of k mapped unit indices, in one pass over ranges.
+def sample_offsets(size: int, unit: int, seed: str, samples: int) -> list[int]:
+    """The level-2 sample: offset 0 plus ``samples`` uniform draws over all units.
 
-    Li's Algorithm L: skips whole runs of units with geometric jumps, so the
-    cost grows with the number of ranges, not with the volume's size.
+    Draw ``i`` is unit ``u64(SHA-256(seed bytes || u64(i))[0:8]) mod n`` (big
+    endian, ``n`` = units in the volume), so another implementation can repeat
+    it from docs/FORMAT.md alone.  Sorted, duplicates removed.
     """
-    res: list[int] = []
-    seen = 0
-    w = math.exp(math.log(1.0 - rng.random()) / k)
-    nxt = -1
-    for first, count in _units_of(mapped, size, unit):
-        take = min(count, k - len(res))
-        if take > 0:
-            res.extend(range(first, first + take))
-            if len(res) == k:
-                nxt = seen + take - 1 + _skip(w, rng)
-        while len(res) == k and nxt < seen + count:
-            res[rng.randrange(k)] = first + (nxt - seen)
-            w *= math.exp(math.log(1.0 - rng.random()) / k)
-            nxt += _skip(w, rng)
-        seen += count
-    return sorted(res)
-
-
-def _skip(w: float, rng: random.Random) -> int:
-    if w >= 1.0:  # float underflow of log(1-w): nothing more gets picked
-        return 1 << 62
-    return math.floor(math.log(1.0 - rng.random()) / math.log1p(-w)) + 1
-
-
-def sample_offsets(
-    level: int, mapped: Iterable[tuple[int, int]], size: int, unit: int, seed: int
-) -> list[int]:
-    """Byte offsets of the units a level-1 or level-2 fingerprint covers."""
-    units = {0}
-    if level >= 2:
-        units.update(sample_units(mapped, size, unit, SAMPLES, random.Random(seed)))
-    return sorted(u * unit for u in units)
+    n = -(-size // unit)
+    key = bytes.fromhex(seed)
+    picks = {0}
+    for i in range(samples):
+        h = hashlib.sha256(key + i.to_bytes(8, "big")).digest()
+        picks.add(int.from_bytes(h[:8], "big") % n)
+    return sorted(u * unit for u in picks)
 
 
 def digest_units(read: Reader, offsets: Iterable[int], size: int, unit: int) -> str:
@@ -159,7 +179,11 @@ def digest_units(read: Reader, offsets: Iterable[int], size: int, unit: int) -> 
 def digest_whole(
     read: Reader, size: int, unit: int, mapped: Iterable[tuple[int, int]] | None = None
 ) -> str:
-    """Level-3 digest: every unit, reading only mapped ones when mapping is known."""
+    """Level-3 digest: every unit, reading only mapped ones when mapping is known.
+
+    Skipping unmapped units is exact only for a thin volume without an external
+    origin (those read as zeros); lvdiff refuses the others.
+    """
     zero = hashlib.sha256(bytes(unit)).digest()
     h = hashlib.sha256()
     pos = 0
@@ -195,32 +219,66 @@ def compute(
     level: int,
     read: Reader,
     size: int,
-    unit: int,
-    seed: int,
-    mapped: Callable[[], Iterable[tuple[int, int]]] | None,
+    chunk: int,
+    seed: str,
+    mapped: Callable[[], Iterable[tuple[int, int]]] | None = None,
 ) -> Fingerprint | None:
-    """Fingerprint a volume on the source side; ``mapped`` gives its mapped byte ranges."""
+    """Fingerprint a volume on the source side.
+
+    ``seed`` (32 hex digits) chooses the level-2 sample; ``mapped`` gives the
+    volume's mapped byte ranges, which level 3 uses to skip reading the rest.
+    """
     if level == 0:
         return None
     if level == 3:
+        unit = unit_for(chunk)
         return Fingerprint(
             3, unit, size, digest_whole(read, size, unit, mapped() if mapped else None)
         )
-    offsets = sample_offsets(level, mapped() if mapped else [(0, size)], size, unit, seed)
+    if level == 1:
+        unit = unit_for(chunk)
+        return Fingerprint(1, unit, size, digest_units(read, [0], size, unit))
+    fp = Fingerprint(2, SAMPLE_UNIT, size, "", seed=seed, samples=samples_for(size))
+    offsets = fp.offsets()
+    assert offsets is not None
     return Fingerprint(
-        level,
-        unit,
-        size,
-        digest_units(read, offsets, size, unit),
-        offsets,
-        seed if level == 2 else None,
+        2, SAMPLE_UNIT, size, digest_units(read, offsets, size, SAMPLE_UNIT), seed, fp.samples
     )
 
 
 def verify(fp: Fingerprint, read: Reader) -> bool:
     """Recompute a recorded fingerprint by reading the target."""
-    if fp.level == 3:
+    offsets = fp.offsets()
+    if offsets is None:
         got = digest_whole(read, fp.size, fp.unit)
     else:
-        got = digest_units(read, fp.offsets or [], fp.size, fp.unit)
+        got = digest_units(read, offsets, fp.size, fp.unit)
     return got == fp.sha256
+
+
+def describe_level(level: int) -> str:
+    """What a check at ``level`` guarantees, in the words --help and the README use."""
+    if level == 0:
+        return "no content check"
+    if level == 1:
+        return "the head chunk only: catches a wrong volume, not a wrong snapshot of it"
+    if level == 2:
+        p = miss_probability(0.001, MIN_SAMPLES)
+        return (
+            f"the head plus {MIN_SAMPLES}-{MAX_SAMPLES} random 4 KiB blocks over the whole "
+            f"volume: a difference in a fraction f of it is missed with probability (1-f)^k "
+            f"(f=0.1%, k={MIN_SAMPLES}: {p:.0%}; f=1%: {miss_probability(0.01, MIN_SAMPLES):.0e})"
+        )
+    return "every byte (reads the whole volume)"
+
+
+__all__ = [
+    "Fingerprint",
+    "compute",
+    "verify",
+    "samples_for",
+    "miss_probability",
+    "sample_offsets",
+    "unit_for",
+    "describe_level",
+]

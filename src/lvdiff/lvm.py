@@ -8,33 +8,42 @@ tool's stderr, which is what an administrator needs to act on it.
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
 import re
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import tags
 from .errors import CommandFailed, LvdiffError, UsageError
 
-TAG_INCOMPLETE = "lvdiff_incomplete"  # on a target until lvpatch commits it
-TAG_TEMP = "lvdiff_temp"  # on lvdiff's point-in-time snapshots
 LOCK_DIR = Path("/run/lock/lvdiff")
 _NAME_RE = re.compile(r"^[A-Za-z0-9+_.][A-Za-z0-9+_.-]*$")
 
 LV_FIELDS = (
     "vg_name,lv_name,lv_uuid,lv_attr,lv_size,segtype,pool_lv,thin_id,lv_tags,"
-    "chunk_size,discards,zero,transaction_id,lv_active,origin"
+    "chunk_size,discards,zero,transaction_id,lv_active,origin,vg_extent_size"
 )
 
 
 def run(argv: list[str], input: bytes | None = None) -> str:
+    """Run a command; its stdin is never ours (lvpatch's stdin is the stream)."""
     env = dict(os.environ, LC_ALL="C", LVM_SUPPRESS_FD_WARNINGS="1")
     try:
-        proc = subprocess.run(argv, input=input, capture_output=True, env=env, check=False)
+        proc = subprocess.run(
+            argv,
+            input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
+            capture_output=True,
+            env=env,
+            check=False,
+        )
     except FileNotFoundError:
         raise UsageError(
             f"{argv[0]} not found: install lvm2 (and thin-provisioning-tools)"
@@ -87,6 +96,7 @@ class LV:
     zero: bool
     transaction_id: int | None
     origin: str = ""
+    extent_size: int = 0
 
     @property
     def full_name(self) -> str:
@@ -103,6 +113,11 @@ class LV:
     @property
     def writable(self) -> bool:
         return len(self.attr) > 1 and self.attr[1] == "w"
+
+    @property
+    def open(self) -> bool:
+        """In use: mounted, or held open by a process or another device."""
+        return len(self.attr) > 5 and self.attr[5] == "o"
 
     @property
     def is_thin(self) -> bool:
@@ -138,12 +153,23 @@ def lvs(*specs: str) -> list[LV]:
                     zero=r["zero"] in ("zero", "1"),
                     transaction_id=_int(r["transaction_id"]),
                     origin=r.get("origin", ""),
+                    extent_size=_int(r.get("vg_extent_size", "")) or 0,
                 )
             )
     return rows
 
 
-def get_lv(vg: str, name: str) -> LV:
+def get_lv(vg: str, name: str, listing: Sequence[LV] | None = None) -> LV:
+    """One volume: from ``listing`` (an earlier ``lvs_in_vg``) if given, else from lvs.
+
+    Every lvm command costs a metadata scan, so a run that needs several
+    volumes of one VG lists it once.
+    """
+    if listing is not None:
+        for lv in listing:
+            if lv.vg == vg and lv.name == name:
+                return lv
+        raise UsageError(f"logical volume {vg}/{name} not found")
     try:
         found = lvs(f"{vg}/{name}")
     except CommandFailed as e:
@@ -162,39 +188,33 @@ def lvs_in_vg(vg: str) -> list[LV]:
         raise UsageError(f"volume group {vg} not found: {e.stderr.strip()}") from None
 
 
-def exists(vg: str, name: str) -> bool:
-    return any(lv.name == name for lv in lvs_in_vg(vg))
-
-
-def get_thin(vg: str, name: str) -> LV:
-    lv = get_lv(vg, name)
+def get_thin(vg: str, name: str, listing: Sequence[LV] | None = None) -> LV:
+    lv = get_lv(vg, name, listing)
     if not lv.is_thin or lv.thin_id is None:
         raise UsageError(f"{lv.full_name} is not a thin volume (segment type {lv.segtype})")
     return lv
 
 
-def get_pool(vg: str, name: str) -> LV:
-    lv = get_lv(vg, name)
+def get_pool(vg: str, name: str, listing: Sequence[LV] | None = None) -> LV:
+    lv = get_lv(vg, name, listing)
     if lv.segtype != "thin-pool":
         raise UsageError(f"{lv.full_name} is not a thin pool (segment type {lv.segtype})")
     return lv
 
 
-def get_thin_in_pool(vg: str, name: str) -> LV:
-    """A thin volume all of whose data lives in its pool (what thin_delta can see).
+def external_origin(lv: LV) -> str | None:
+    """The device an active thin volume reads its unprovisioned blocks from, if any.
 
-    A thin snapshot of an external origin reads its unprovisioned blocks from
-    that origin, which the pool's metadata knows nothing about.
+    Decided from the device-mapper table, not from ``lvs``: lvm2 reports a
+    thin snapshot's thin parent as its ``origin`` and hands an external origin
+    down to snapshots silently, so only the kernel's table tells.  The thin
+    target's arguments are ``pool_dev dev_id [external_origin_dev]``.
     """
-    lv = get_thin(vg, name)
-    if lv.origin:
-        origin = get_lv(vg, lv.origin)
-        if not origin.is_thin or origin.pool != lv.pool:
-            raise UsageError(
-                f"{lv.full_name} has the external origin {origin.full_name}; "
-                "lvdiff can only copy volumes whose data is all in the pool"
-            )
-    return lv
+    for line in run(["dmsetup", "table", dm_name(lv.vg, lv.name)]).splitlines():
+        fields = line.split()
+        if len(fields) > 5 and fields[2] == "thin":
+            return fields[5]
+    return None
 
 
 def pool_device(vg: str, pool: str) -> str:
@@ -233,15 +253,51 @@ def metadata_device(vg: str, pool: str) -> str:
     return f"/dev/mapper/{dm_name(vg, pool)}_tmeta"
 
 
+def _private_dir() -> int:
+    """An fd of LOCK_DIR, made (mode 0700) if missing, and proved private to us.
+
+    /run/lock is world-writable: a local user could create /run/lock/lvdiff
+    first and plant symlinks in it for root to write through, or swap lock
+    files under a running lvdiff.  So the directory must be a real directory
+    (not a link), owned by us and writable by nobody else; files in it are
+    opened relative to this fd and never through a link.
+    """
+    LOCK_DIR.parent.mkdir(parents=True, exist_ok=True)
+    with suppress(FileExistsError):
+        os.mkdir(LOCK_DIR, 0o700)
+    try:
+        fd = os.open(LOCK_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        raise LvdiffError(f"{LOCK_DIR} is not a directory ({e.strerror}); remove it") from None
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) & 0o022:
+        os.close(fd)
+        raise LvdiffError(
+            f"{LOCK_DIR} belongs to uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):o}: "
+            "another user could tamper with lvdiff's locks; remove it and run again"
+        )
+    return fd
+
+
+def _open_private(name: str, flags: int) -> int:
+    """Open LOCK_DIR/name (created 0600), never following a symlink."""
+    dfd = _private_dir()
+    try:
+        return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dfd)
+    except OSError as e:
+        raise LvdiffError(f"cannot open {LOCK_DIR / name}: {e.strerror}") from None
+    finally:
+        os.close(dfd)
+
+
 @contextmanager
-def _flock(path: Path, busy: str | None) -> Iterator[bool]:
-    """Hold an exclusive flock on ``path``; the kernel drops it if we die.
+def _flock(name: str, busy: str | None) -> Iterator[bool]:
+    """Hold an exclusive flock on LOCK_DIR/name; the kernel drops it if we die.
 
     With ``busy`` set, wait (saying so once); without, yield False at once
     when someone else holds it.
     """
-    LOCK_DIR.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = _open_private(name, os.O_RDWR | os.O_CREAT)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -259,7 +315,7 @@ def _flock(path: Path, busy: str | None) -> Iterator[bool]:
 def pool_lock(vg: str, pool: str) -> AbstractContextManager[bool]:
     """Serialise our own runs on one pool: it holds at most one metadata snapshot."""
     return _flock(
-        LOCK_DIR / f"{dm_name(vg, pool)}.lock", f"lvdiff: waiting for another lvdiff on {vg}/{pool}"
+        f"pool-{dm_name(vg, pool)}.lock", f"lvdiff: waiting for another lvdiff on {vg}/{pool}"
     )
 
 
@@ -267,13 +323,38 @@ def target_lock(vg: str, name: str, wait: bool = True) -> AbstractContextManager
     """Held by lvpatch while it builds vg/name: an incomplete volume whose lock is
     free belongs to an lvpatch that died."""
     return _flock(
-        LOCK_DIR / f"{dm_name(vg, name)}.lvpatch.lock",
+        f"target-{dm_name(vg, name)}.lock",
         f"lvpatch: waiting for another lvpatch on {vg}/{name}" if wait else None,
     )
 
 
-def _held_marker(vg: str, pool: str) -> Path:
-    return LOCK_DIR / f"{dm_name(vg, pool)}.held"
+class _Marker:
+    """A one-line file in LOCK_DIR: which metadata root this host's lvdiff reserved."""
+
+    def __init__(self, vg: str, pool: str) -> None:
+        self.name = f"pool-{dm_name(vg, pool)}.held"
+
+    def read(self) -> str | None:
+        try:
+            fd = _open_private(self.name, os.O_RDONLY)
+        except LvdiffError:
+            return None
+        with os.fdopen(fd) as f:
+            return f.read().strip()
+
+    def write(self, text: str) -> None:
+        fd = _open_private(self.name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        with os.fdopen(fd, "w") as f:
+            f.write(text + "\n")
+
+    def remove(self) -> None:
+        dfd = _private_dir()
+        try:
+            os.unlink(self.name, dir_fd=dfd)
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(dfd)
 
 
 @contextmanager
@@ -287,11 +368,10 @@ def metadata_snapshot(vg: str, pool: str) -> Iterator[str]:
     tell the user how to release it.
     """
     tpool = pool_device(vg, pool)
-    marker = _held_marker(vg, pool)
+    marker = _Marker(vg, pool)
     held = held_metadata_root(tpool)
     if held != "-":
-        mine = marker.exists() and marker.read_text().strip() == held
-        if not mine:
+        if marker.read() != held:
             raise LvdiffError(
                 f"thin pool {vg}/{pool} already has a metadata snapshot held by another "
                 f"tool; when it is done, release it with: "
@@ -302,20 +382,24 @@ def metadata_snapshot(vg: str, pool: str) -> Iterator[str]:
             file=sys.stderr,
         )
         run(["dmsetup", "message", tpool, "0", "release_metadata_snap"])
-    marker.unlink(missing_ok=True)
+    marker.remove()
     run(["dmsetup", "message", tpool, "0", "reserve_metadata_snap"])
     try:
-        marker.write_text(held_metadata_root(tpool) + "\n")
+        marker.write(held_metadata_root(tpool))
         yield metadata_device(vg, pool)
     finally:
         run(["dmsetup", "message", tpool, "0", "release_metadata_snap"])
-        marker.unlink(missing_ok=True)
+        marker.remove()
 
 
 def remove_stale(
-    vg: str, tag: str, pool: str | None = None, resumable: bool = False, locked: Sequence[str] = ()
+    listing: Sequence[LV],
+    tag: str,
+    pool: str | None = None,
+    resumable: bool = False,
+    locked: Sequence[str] = (),
 ) -> list[str]:
-    """Remove volumes a killed lvdiff/lvpatch left behind (tagged by us).
+    """Remove volumes of ``listing`` a killed lvdiff/lvpatch left behind (tagged by us).
 
     lvdiff's temporary snapshots are stale whenever we hold the pool lock;
     lvpatch's incomplete targets when nobody holds their target lock, except
@@ -323,13 +407,13 @@ def remove_stale(
     ``locked`` names targets whose lock the caller itself holds.
     """
     removed = []
-    for lv in lvs_in_vg(vg):
+    for lv in listing:
         if tag not in lv.tags or (pool and lv.pool != pool):
             continue
-        if not resumable and any(t.startswith("lvdiff_resume:") for t in lv.tags):
+        if not resumable and tags.with_prefix(lv.tags, tags.RESUME_PREFIX):
             continue
-        if tag == TAG_INCOMPLETE and lv.name not in locked:
-            with target_lock(vg, lv.name, wait=False) as free:
+        if tag == tags.INCOMPLETE and lv.name not in locked:
+            with target_lock(lv.vg, lv.name, wait=False) as free:
                 if free:
                     remove(lv)
                     removed.append(lv.full_name)
@@ -352,25 +436,51 @@ def deactivate(lv: LV) -> None:
 
 
 def create_snapshot(
-    origin: LV, name: str, tags: tuple[str, ...] = (), activation_skip: bool = True
+    origin: LV,
+    name: str,
+    add_tags: Sequence[str] = (),
+    activation_skip: bool = True,
+    writable: bool = True,
 ) -> LV:
-    argv = ["lvcreate", "-q", "-s", "-n", name, "-k", "y" if activation_skip else "n"]
-    for t in tags:
+    """A thin snapshot of ``origin``, with the permission asked for whatever origin's is."""
+    argv = ["lvcreate", "-q", "-s", "-p", "rw" if writable else "r", "-n", name]
+    argv += ["-k", "y" if activation_skip else "n"]
+    for t in add_tags:
         argv += ["--addtag", t]
     run([*argv, origin.full_name])
     return get_thin(origin.vg, name)
 
 
-def create_thin(vg: str, pool: str, name: str, size: int, tags: tuple[str, ...] = ()) -> LV:
+def create_thin(vg: str, pool: str, name: str, size: int, add_tags: Sequence[str] = ()) -> LV:
     argv = ["lvcreate", "-q", "-T", f"{vg}/{pool}", "-V", f"{size}b", "-n", name]
-    for t in tags:
+    for t in add_tags:
         argv += ["--addtag", t]
     run(argv)
     return get_thin(vg, name)
 
 
+@functools.cache
+def _lvresize_has_fs_option() -> bool:
+    """lvm2 2.03.17 and later check the filesystem on resize unless told --fs ignore."""
+    try:
+        return "--fs" in run(["lvresize", "--help"])
+    except LvdiffError:
+        return False
+
+
 def resize(lv: LV, size: int) -> LV:
-    run(["lvresize", "-q", "-f", "-L", f"{size}b", lv.full_name])
+    """Make ``lv`` hold ``size`` bytes (rounded up to whole extents), whatever is on it.
+
+    The content is lvpatch's to define, so no filesystem check applies; and a
+    size that rounds to the current extent count is already right (lvm2 up to
+    2.03.16 calls that an error).
+    """
+    if lv.extent_size and -(-size // lv.extent_size) * lv.extent_size == lv.size:
+        return lv
+    argv = ["lvresize", "-q", "-f", "-L", f"{size}b"]
+    if _lvresize_has_fs_option():
+        argv += ["--fs", "ignore"]
+    run([*argv, lv.full_name])
     return get_thin(lv.vg, lv.name)
 
 
@@ -378,8 +488,18 @@ def remove(lv: LV) -> None:
     run(["lvremove", "-q", "-f", "-y", lv.full_name])
 
 
+def set_read_only(lv: LV, read_only: bool = True) -> None:
+    run(["lvchange", "-q", "-p", "r" if read_only else "rw", lv.full_name])
+
+
 def set_tags(lv: LV, add: Sequence[str] = (), remove: Sequence[str] = ()) -> None:
-    """Add and remove tags in one metadata commit."""
+    """Add and remove tags in one metadata commit; updates ``lv.tags`` to match.
+
+    A tag both added and removed is left alone: lvm2 applies every --addtag
+    before every --deltag, so asking for both would delete it.
+    """
+    add = [t for t in add if t not in lv.tags]
+    remove = [t for t in remove if t in lv.tags and t not in add]
     argv = ["lvchange"]
     for t in add:
         argv += ["--addtag", t]
@@ -387,3 +507,4 @@ def set_tags(lv: LV, add: Sequence[str] = (), remove: Sequence[str] = ()) -> Non
         argv += ["--deltag", t]
     if len(argv) > 1:
         run([*argv, lv.full_name])
+        lv.tags = [t for t in lv.tags if t not in remove] + add

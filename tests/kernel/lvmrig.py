@@ -188,6 +188,26 @@ def lv_tags(vg: str, lv: str) -> str:
     return sh("lvs", "--noheadings", "-o", "lv_tags", f"{vg}/{lv}").strip()
 
 
+def committed(vg: str, lv: str) -> bool:
+    """lvpatch finished with it: it carries its identity and nothing else of ours."""
+    found = lv_tags(vg, lv).split(",")
+    return len(found) == 1 and found[0].startswith("lvdiff_identity:")
+
+
+def lv_attr(vg: str, lv: str) -> str:
+    return sh("lvs", "--noheadings", "-o", "lv_attr", f"{vg}/{lv}").strip()
+
+
+def lv_uuid(vg: str, lv: str) -> str:
+    return sh("lvs", "--noheadings", "-o", "lv_uuid", f"{vg}/{lv}").strip()
+
+
+def resize(vg: str, lv: str, size_mb: int) -> None:
+    """Resize a volume whatever is on it (lvm2 2.03.17+ checks filesystems unless told not to)."""
+    fs = ["--fs", "ignore"] if "--fs" in sh("lvresize", "--help") else []
+    sh("lvresize", "-q", "-f", *fs, "-L", f"{size_mb}m", f"{vg}/{lv}")
+
+
 def wait_for(cond: Callable[[], bool], what: str, timeout: float = 180) -> None:
     end = time.monotonic() + timeout
     while not cond():

@@ -13,9 +13,9 @@ import struct
 
 from lvdiff import fingerprint as fpr
 from lvdiff.blockdev import BlockDevice
-from lvdiff.stream import Header, StreamWriter, encode_data, encode_zero
+from lvdiff.stream import Header, StreamWriter, VolumeRef, encode_data, encode_zero
 
-from .lvmrig import lv_names, lv_tags, sha256_of, tool, write_at
+from .lvmrig import committed, lv_names, sha256_of, tool, write_at
 
 M = 1 << 20
 SIZE = 8 * M
@@ -34,8 +34,8 @@ def make_stream(base: bytes, rnd: random.Random) -> tuple[bytes, bytes]:
     records.append(encode_zero(7 * M, M))
     new[7 * M :] = bytes(M)
 
-    def fp(buf: bytes) -> dict:
-        return fpr.compute(3, lambda o, n: buf[o : o + n], SIZE, 64 * 1024, 0, None).to_dict()
+    def fp(buf: bytes) -> fpr.Fingerprint | None:
+        return fpr.compute(3, lambda o, n: buf[o : o + n], SIZE, 64 * 1024, "", None)
 
     h = Header(
         kind="incremental",
@@ -45,8 +45,8 @@ def make_stream(base: bytes, rnd: random.Random) -> tuple[bytes, bytes]:
         vg="src",
         pool="pool",
         transaction_id=3,
-        base={"name": "base", "uuid": "b", "thin_id": 1},
-        new={"name": "new", "uuid": "n", "thin_id": 2},
+        base=VolumeRef("base", "b", 1, "base-id"),
+        new=VolumeRef("new", "n", 2, "new-id"),
         compression="zstd",
         detect_level=3,
         base_fingerprint=fp(base),
@@ -111,6 +111,6 @@ def test_every_truncation_flip_and_splice_is_refused(loop_vg):
 
     res = tool("lvpatch", "-g", dst.name, "-l", "base", stdin=stream)
     assert res.returncode == 0, res.stderr.decode()
-    assert lv_tags(dst.name, "new") == ""
+    assert committed(dst.name, "new")
     with BlockDevice(dst.dev("new")) as d:
         assert hashlib.sha256(d.read(0, SIZE)).digest() == hashlib.sha256(new).digest()

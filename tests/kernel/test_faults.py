@@ -6,7 +6,7 @@ import io
 import os
 import tempfile
 
-from lvdiff.stream import Header, StreamWriter, encode_data
+from lvdiff.stream import Header, StreamWriter, VolumeRef, encode_data
 
 from .lvmrig import IMAGES, lv_names, sh, tool
 
@@ -23,7 +23,7 @@ def full_stream(size: int, data_bytes: int, name: str = "vol") -> bytes:
         vg="src",
         pool="pool",
         transaction_id=1,
-        new={"name": name, "uuid": "x", "thin_id": 1},
+        new=VolumeRef(name, "x", 1, "x"),
         compression="none",
         detect_level=0,
     )

@@ -5,22 +5,21 @@ from __future__ import annotations
 import random
 import re
 
-from .lvmrig import IMAGES, lv_names, lv_tags, lvpatch_cut_off, sha256_of, tool, write_at
+from .lvmrig import IMAGES, lv_names, lv_tags, lvpatch_cut_off, sh, sha256_of, tool, write_at
 
 M = 1 << 20
 
 
-def test_cut_and_killed_restores_resume_bit_exact(loop_vg, tools_generation):
+def test_cut_and_killed_restores_resume_bit_exact(loop_vg):
     rnd = random.Random(11)
     src = loop_vg(prefix="src")
     src.pool(size_mb=120)
     vol = src.thin("vol", 40)
     write_at(vol, 0, rnd.randbytes(40 * M))  # incompressible: the stream is ~40 MiB
     src.snapshot("vol", "new")
+    sh("lvchange", "-q", "-p", "r", f"{src.name}/new")  # resumable: NEW cannot change
     full = IMAGES / "resume-full.lvd"
-    res = tool(
-        "lvdiff", "-d", "2", f"{src.name}/new", generation=tools_generation, stdout_file=full
-    )
+    res = tool("lvdiff", "-d", "2", f"{src.name}/new", stdout_file=full)
     assert res.returncode == 0, res.stderr.decode()
     data = full.read_bytes()
     dst = loop_vg(prefix="dst")
@@ -41,14 +40,23 @@ def test_cut_and_killed_restores_resume_bit_exact(loop_vg, tools_generation):
     res = tool("lvpatch", "-g", dst.name, "-p", "pool", "other", stdin=data)
     assert res.returncode == 0 and "new" in lv_names(dst.name), res.stderr.decode()
 
-    # 2. the sender re-sends only what is missing
+    # NEW must be exactly what was being sent: a writable one could have changed
+    sh("lvchange", "-q", "-p", "rw", f"{src.name}/new")
     rest = IMAGES / "resume-rest.lvd"
+    res = tool("lvdiff", "--resume", token, f"{src.name}/new", stdout_file=rest)
+    assert res.returncode == 2 and "writable" in res.stderr.decode(), res.stderr.decode()
+    sh("lvchange", "-q", "-p", "r", f"{src.name}/new")
+    src.snapshot("vol", "other", activate=False)
+    sh("lvchange", "-q", "-p", "r", f"{src.name}/other")
+    res = tool("lvdiff", "--resume", token, f"{src.name}/other", stdout_file=rest)
+    assert res.returncode == 2 and "not the volumes" in res.stderr.decode(), res.stderr.decode()
+
+    # 2. the sender re-sends only what is missing
     res = tool(
         "lvdiff",
         "--resume",
         token,
         f"{src.name}/new",
-        generation=tools_generation,
         stdout_file=rest,
     )
     assert res.returncode == 0, res.stderr.decode()
@@ -57,9 +65,17 @@ def test_cut_and_killed_restores_resume_bit_exact(loop_vg, tools_generation):
     # a plain lvpatch refuses a resume stream
     res = tool("lvpatch", "-g", dst.name, "-p", "pool", "x", stdin_file=rest)
     assert res.returncode == 2 and "--resume" in res.stderr.decode()
-    res = tool("lvpatch", "--resume", "-g", dst.name, "new", stdin_file=rest)
+    # a resume cut before its first record keeps the token on disk (lvm2 runs every
+    # --addtag before every --deltag: re-adding the same token used to delete it)
+    rest_data = rest.read_bytes()
+    res = tool("lvpatch", "--resume", "-g", dst.name, "new", stdin=rest_data[:2000])
+    assert res.returncode == 3 and f"lvdiff_resume:{token}" in lv_tags(dst.name, "new")
+    # the next lvpatch on the VG cleans up (before it finds no pool "nopool")...
+    res = tool("lvpatch", "-g", dst.name, "-p", "nopool", "x", stdin=data[:4096])
+    assert res.returncode == 2 and "new" in lv_names(dst.name)  # ...but not what is kept
+    res = tool("lvpatch", "--resume", "-g", dst.name, "new", stdin=rest_data)
     assert res.returncode == 0, res.stderr.decode()
-    assert lv_tags(dst.name, "new") == ""
+    assert lv_tags(dst.name, "new").startswith("lvdiff_identity:")  # complete, read-only
     assert sha256_of(dst.dev("new")) == sha256_of(src.dev("new"))
 
     # 3. kill -9 after a checkpoint: the tag on the volume is the durable point
@@ -82,7 +98,6 @@ def test_cut_and_killed_restores_resume_bit_exact(loop_vg, tools_generation):
         "--resume",
         token,
         f"{src.name}/new",
-        generation=tools_generation,
         stdout_file=rest,
     )
     assert res.returncode == 0, res.stderr.decode()

@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from lvdiff import cli
-from lvdiff.stream import Header
+from lvdiff.apply import ApplyResult, describe
+from lvdiff.stream import Header, Totals, VolumeRef
 
 BIN = [sys.executable, "-c", "import sys; from lvdiff.cli import {0}; sys.exit({0}())"]
 
@@ -60,11 +61,40 @@ def test_describe_escapes_stream_text():
         vg="vg",
         pool="pool",
         transaction_id=1,
-        new={"name": "vol", "uuid": "u", "thin_id": 1},
+        new=VolumeRef("vol", "u", 1, "u"),
         compression="zstd",
-        detect_level=2,
+        detect_level=0,
         meta=[("k\x1b[31m", "v\nx\x07"), ("url", "http://x:8080")],
     )
-    text = cli.describe(h)
+    text = describe(h)
     assert "\x1b" not in text and "\x07" not in text and "v\nx" not in text
     assert "url: http://x:8080" in text and "size 1048576 bytes" in text
+
+
+def test_help_says_what_each_level_guarantees():
+    out = run("lvpatch_main", "--help").stdout + run("lvdiff_main", "--help").stdout
+    assert "identity" in out and "(1-f)^k" in out and "every byte" in out
+    assert "--writable" in out and "read-only" in out
+
+
+def test_verified_is_said_only_when_a_check_ran():
+    h = Header(
+        kind="incremental",
+        volume_size=1 << 20,
+        base_size=1 << 20,
+        chunk_size=65536,
+        vg="vg",
+        pool="pool",
+        transaction_id=1,
+        base=VolumeRef("b", "ub", 1, "ub"),
+        new=VolumeRef("n", "un", 2, "un"),
+        compression="zstd",
+        detect_level=0,
+    )
+    res = ApplyResult("vg1/n", h, Totals(), "00", "not checked (stream made with -d 0)", 0, True)
+    text = cli.outcome(res)
+    assert "NOT verified" in text and "restored and verified" not in text
+    assert "base not checked" in text and "read-only" in text
+    res = ApplyResult("vg1/n", h, Totals(), "00", "identity matches, content matches", 2, False)
+    text = cli.outcome(res)
+    assert "verified against NEW's fingerprint (level 2)" in text and "read-only" not in text

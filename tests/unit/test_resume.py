@@ -1,4 +1,4 @@
-"""Resume tokens and resumed streams (format 1.1's resume_offset)."""
+"""Resume tokens and resumed streams (resume_offset)."""
 
 from __future__ import annotations
 
@@ -10,45 +10,36 @@ from lvdiff.dump import skip_before
 from lvdiff.errors import CorruptStream, UsageError
 from lvdiff.plan import DATA, ZERO, Extent
 from lvdiff.resume import ResumeToken
-from lvdiff.stream import Header, StreamReader, StreamWriter, encode_data, encode_zero
+from lvdiff.stream import Header, StreamReader, StreamWriter, VolumeRef, encode_data, encode_zero
 
-FP = {
-    "level": 2,
-    "algorithm": "sha256-of-sha256",
-    "unit": 4096,
-    "size": 1 << 20,
-    "sha256": "ab" * 32,
-    "offsets": [0],
-    "seed": 99,
-}
+NEW_ID = "k3Ws2d-aB0c-Zz9y-1111-2222-3333-444444"
 
 
 def test_token_round_trip_and_tag():
-    t = ResumeToken.for_stream(1 << 30, 2, FP)
-    assert t == ResumeToken(1 << 30, 2, 99, "ab" * 16)
-    assert ResumeToken.parse(str(t)) == t == ResumeToken.from_tags(["x", t.tag])
-    assert set(t.tag) <= set("abcdefghijklmnopqrstuvwxyz0123456789_:")  # a valid LVM tag
+    for t in (ResumeToken(1 << 30, NEW_ID, None), ResumeToken(512, NEW_ID, "Base-id.1")):
+        assert ResumeToken.parse(str(t)) == t == ResumeToken.from_tags(["x", t.tag])
+        allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_+.-/=!:&#")
+        assert set(t.tag) <= allowed  # a valid LVM tag
 
 
 @pytest.mark.parametrize(
     "bad",
     [
         "",
-        "1:2:3",
-        "1:0:3:" + "a" * 32,
-        "x:2:3:" + "a" * 32,
-        "1:2:3:" + "A" * 32,
-        "1:2:3:" + "a" * 31,
+        "1:2:3:" + "a" * 32,  # the 0.1 form
+        f"x:{NEW_ID}:-",
+        f"100:{NEW_ID}:-",  # not a multiple of 512
+        f"{1 << 63}:{NEW_ID}:-",  # past any volume
+        f"{'9' * 25}:{NEW_ID}:-",
+        f"512:{NEW_ID}",
+        "512:-:-",
+        f"512:{NEW_ID}:a b",
+        f"512:{'x' * 65}:-",
     ],
 )
 def test_bad_tokens(bad):
     with pytest.raises(UsageError):
         ResumeToken.parse(bad)
-
-
-def test_level_0_streams_cannot_be_resumed():
-    with pytest.raises(UsageError, match="-d 0"):
-        ResumeToken.for_stream(0, 0, None)
 
 
 def test_skip_before_cuts_straddling_extents():
@@ -64,10 +55,9 @@ def header(**kw) -> Header:
         vg="vg",
         pool="p",
         transaction_id=1,
-        new={"name": "v", "uuid": "u", "thin_id": 1},
+        new=VolumeRef("v", "u", 1, NEW_ID),
         compression="none",
-        detect_level=2,
-        new_fingerprint=FP,
+        detect_level=0,
         **kw,
     )
 
@@ -79,7 +69,7 @@ def test_resume_offset_round_trips_and_bounds_records():
     w.write_record(encode_data(16384, b"x" * 512, None))
     w.close()
     r = StreamReader(io.BytesIO(out.getvalue()))
-    assert r.version == (1, 1) and r.header.resume_offset == 8192
+    assert r.header.resume_offset == 8192
     assert [rec.offset for rec in r] == [8192, 16384]
     # a record before the resume point is refused by the writer and the reader
     with pytest.raises(ValueError):
@@ -96,7 +86,7 @@ def test_resume_offset_round_trips_and_bounds_records():
     w.write_record(encode_zero(0, 512))
     w.close()
     raw = plain.getvalue()
-    assert b"resume_offset" not in raw  # absent unless set: 1.0 readers are unaffected
+    assert b"resume_offset" not in raw  # absent unless set
     assert StreamReader(io.BytesIO(raw)).header.resume_offset is None
     with pytest.raises(CorruptStream):
         header(resume_offset=(1 << 20) + 512).validate()

@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from lvdiff.errors import CorruptStream, StreamError, TruncatedStream, UnsupportedStream
+from lvdiff.fingerprint import Fingerprint
 from lvdiff.stream import (
     MAGIC,
     MAX_DATA_LEN,
@@ -37,6 +38,7 @@ from lvdiff.stream import (
     StreamReader,
     StreamWriter,
     Totals,
+    VolumeRef,
     encode_data,
     encode_zero,
     escape_for_terminal,
@@ -58,12 +60,12 @@ def make_header(**overrides: Any) -> Header:
         "vg": "vg0",
         "pool": "pool0",
         "transaction_id": 7,
-        "new": {"name": "root-snap.2", "uuid": "AbCd-1234", "thin_id": 3},
+        "new": VolumeRef("root-snap.2", "AbCd-1234", 3, "AbCd-1234"),
         "created": "2024-05-01T12:00:00Z",
         "tool": "lvdiff 0.1.0",
         "meta": [("host", "alpha"), ("note", "nightly")],
         "compression": "zstd",
-        "detect_level": 1,
+        "detect_level": 0,
     }
     fields.update(overrides)
     return Header(**fields)
@@ -75,7 +77,7 @@ def header_dict(**overrides: Any) -> dict[str, Any]:
     return obj
 
 
-def preamble(raw_json: bytes, major: int = 1, minor: int = 0) -> bytes:
+def preamble(raw_json: bytes, major: int = VERSION[0], minor: int = VERSION[1]) -> bytes:
     """Preamble + header + header CRC, with a correct CRC for whatever is given."""
     head = MAGIC + struct.pack(">HHI", major, minor, len(raw_json)) + raw_json
     return head + struct.pack(">I", zlib.crc32(head))
@@ -230,13 +232,20 @@ def test_short_reads_from_a_pipe(small_stream: tuple[bytes, list[bytes]]) -> Non
 names = st.from_regex(r"[A-Za-z0-9+_.][A-Za-z0-9+_.-]{0,30}", fullmatch=True).filter(
     lambda s: s not in (".", "..")
 )
-volume_refs = st.fixed_dictionaries(
-    {"name": names, "uuid": st.text(max_size=40), "thin_id": st.integers(0, 2**24)}
-)
+identities = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}", fullmatch=True)
+volume_refs = st.builds(VolumeRef, names, st.text(max_size=40), st.integers(0, 2**24), identities)
 json_scalars = st.none() | st.booleans() | st.integers(-(2**63), 2**64) | st.text(max_size=10)
-fingerprints = st.none() | st.dictionaries(
-    st.text(max_size=8), json_scalars | st.lists(json_scalars, max_size=3), max_size=4
-)
+
+
+def fingerprint_of(draw: st.DrawFn, level: int, size: int) -> Fingerprint | None:
+    if level == 0:
+        return None
+    digest = draw(st.from_regex(r"[0-9a-f]{64}", fullmatch=True))
+    unit = 512 << draw(st.integers(0, 11))
+    if level == 2:
+        seed = draw(st.from_regex(r"[0-9a-f]{32}", fullmatch=True))
+        return Fingerprint(2, unit, size, digest, seed, draw(st.integers(1, 16384)))
+    return Fingerprint(level, unit, size, digest)
 
 
 @st.composite
@@ -244,12 +253,16 @@ def headers(draw: st.DrawFn, volume_size: int) -> Header:
     kind = draw(st.sampled_from(["full", "incremental"]))
     incremental = kind == "incremental"
     extra_keys = st.text(max_size=10).filter(lambda k: k not in make_header().to_dict())
+    level = draw(st.integers(0, 3))
+    base_size = (
+        draw(st.integers(1, 2**40).map(lambda n: n * 512))
+        if incremental
+        else draw(st.none() | st.integers(0, 2**40).map(lambda n: n * 512))
+    )
     return Header(
         kind=kind,
         volume_size=volume_size,
-        base_size=draw(st.integers(0, 2**40).map(lambda n: n * 512))
-        if incremental
-        else draw(st.none() | st.integers(0, 2**40).map(lambda n: n * 512)),
+        base_size=base_size,
         chunk_size=512 << draw(st.integers(0, 21)),
         vg=draw(names),
         pool=draw(names),
@@ -260,9 +273,9 @@ def headers(draw: st.DrawFn, volume_size: int) -> Header:
         tool=draw(st.text(max_size=30)),
         meta=draw(st.lists(st.tuples(st.text(max_size=20), st.text(max_size=20)), max_size=6)),
         compression=draw(st.sampled_from(["zstd", "none"])),
-        detect_level=draw(st.integers(0, 3)),
-        base_fingerprint=draw(fingerprints),
-        new_fingerprint=draw(fingerprints),
+        detect_level=level,
+        base_fingerprint=fingerprint_of(draw, level, base_size) if incremental else None,
+        new_fingerprint=fingerprint_of(draw, level, volume_size),
         extra=draw(st.dictionaries(extra_keys, json_scalars, max_size=3)),
     )
 
@@ -483,14 +496,14 @@ def test_not_an_lvdiff_stream() -> None:
 
 
 def test_newer_major_version_refused() -> None:
-    exc = refused(preamble(make_header().to_json(), major=2, minor=3), UnsupportedStream)
-    assert "2.3" in str(exc) and "newer lvdiff" in str(exc)
+    exc = refused(preamble(make_header().to_json(), major=3, minor=3), UnsupportedStream)
+    assert "3.3" in str(exc) and "newer lvdiff" in str(exc)
     refused(preamble(make_header().to_json(), major=0), UnsupportedStream)
 
 
 def test_newer_minor_version_accepted() -> None:
     seen, exc, reader = consume(finish(preamble(make_header().to_json(), minor=9)))
-    assert exc is None and reader is not None and reader.version == (1, 9)
+    assert exc is None and reader is not None and reader.version == (VERSION[0], 9)
 
 
 @pytest.mark.parametrize("header_len", [MAX_HEADER_LEN + 1, 2**32 - 1])
@@ -561,7 +574,7 @@ def test_bad_names_refused(where: str, bad: Any) -> None:
     obj = header_dict(
         kind="incremental",
         base_size=4096,
-        base={"name": "base", "uuid": "u", "thin_id": 1},
+        base={"name": "base", "uuid": "u", "thin_id": 1, "identity": "u"},
     )
     if "." in where:
         obj[where.split(".")[0]]["name"] = bad
@@ -576,6 +589,18 @@ def test_bad_names_refused(where: str, bad: Any) -> None:
 def test_good_names_accepted() -> None:
     for name in ["a", "x" * 127, "+.", "_tmeta", "vg.0-1+_", "..."]:
         assert Header.from_json(raw_json(header_dict(vg=name))).vg == name
+
+
+REF = {"name": "n", "uuid": "u", "thin_id": 1, "identity": "u"}
+FP2 = {
+    "level": 2,
+    "algorithm": "sha256-of-sha256",
+    "unit": 4096,
+    "size": MiB,
+    "sha256": "ab" * 32,
+    "seed": "cd" * 16,
+    "samples": 1024,
+}
 
 
 @pytest.mark.parametrize(
@@ -594,12 +619,32 @@ def test_good_names_accepted() -> None:
         {"transaction_id": -1},
         {"kind": "incremental"},  # no base
         {"kind": "incremental", "base_size": 512, "base": None},
-        {"kind": "incremental", "base": {"name": "b", "uuid": "u", "thin_id": 1}},  # no size
-        {"base": {"name": "b", "uuid": "u", "thin_id": 1}},  # base in a full stream
+        {"kind": "incremental", "base": {**REF, "name": "b"}},  # no size
+        {"base": {**REF, "name": "b"}},  # base in a full stream
         {"new": None},
-        {"new": {"name": "n", "uuid": "u"}},
-        {"new": {"name": "n", "uuid": 5, "thin_id": 1}},
-        {"new": {"name": "n", "uuid": "u", "thin_id": True}},
+        {"new": {"name": "n", "uuid": "u", "identity": "u"}},
+        {"new": {**REF, "uuid": 5}},
+        {"new": {**REF, "thin_id": True}},
+        {"new": {"name": "n", "uuid": "u", "thin_id": 1}},  # format 2 names identities
+        {"new": {**REF, "identity": ""}},
+        {"new": {**REF, "identity": "a b"}},
+        {"new": {**REF, "identity": "x" * 65}},
+        {"new": {**REF, "identity": "-lead"}},
+        # fingerprints must match the detect level and the sizes they describe
+        {"detect_level": 2},  # no fingerprint of NEW
+        {"new_fingerprint": FP2},  # a fingerprint at level 0
+        {"detect_level": 3, "new_fingerprint": FP2},  # level 2 in a level-3 stream
+        {"detect_level": 2, "new_fingerprint": {**FP2, "size": 512}},  # not volume_size
+        {"detect_level": 2, "new_fingerprint": {**FP2, "seed": 7}},
+        {"detect_level": 2, "new_fingerprint": {**FP2, "seed": "ab"}},
+        {"detect_level": 2, "new_fingerprint": {**FP2, "samples": 0}},
+        {"detect_level": 2, "new_fingerprint": {**FP2, "offsets": [0]}},  # the 1.x form
+        {"detect_level": 2, "new_fingerprint": {**FP2, "weight": 1}},  # unknown key
+        {  # a full stream has no base fingerprint
+            "detect_level": 2,
+            "new_fingerprint": FP2,
+            "base_fingerprint": {**FP2, "size": 1024},
+        },
         {"created": "yesterday"},
         {"created": "2024-05-01T12:00:00"},
         {"created": "2024-05-01T12:00:00+02:00"},
@@ -828,8 +873,8 @@ def test_trailing_garbage_after_end(small_stream: tuple[bytes, list[bytes]]) -> 
 
 
 def test_spliced_streams_refused() -> None:
-    header_a = make_header(new={"name": "a", "uuid": "ua", "thin_id": 1})
-    header_b = make_header(new={"name": "b", "uuid": "ub", "thin_id": 2})
+    header_a = make_header(new=VolumeRef("a", "ua", 1, "ua"))
+    header_b = make_header(new=VolumeRef("b", "ub", 2, "ub"))
     stream_a, _, _, units_a = build(header_a, SMALL_RECORDS)
     stream_b, _, _, units_b = build(header_b, SMALL_RECORDS)
     exc = refused(units_a[0] + stream_b[len(units_b[0]) :], CorruptStream)
@@ -976,3 +1021,25 @@ def test_escape_for_terminal(text: str, shown: str) -> None:
 def test_escape_for_terminal_output_is_printable(text: str) -> None:
     shown = escape_for_terminal(text)
     assert all(ch == " " or ch.isprintable() for ch in shown)
+
+
+def test_format_1_streams_still_restore() -> None:
+    """A 1.x header: no identities, level-2 offsets listed instead of drawn from a seed."""
+    obj = header_dict(detect_level=2)
+    del obj["new"]["identity"]
+    obj["new_fingerprint"] = {
+        "level": 2,
+        "algorithm": "sha256-of-sha256",
+        "unit": 65536,
+        "size": obj["volume_size"],
+        "sha256": "ab" * 32,
+        "offsets": [0, 65536],
+        "seed": 7,
+    }
+    seen, exc, reader = consume(finish(preamble(raw_json(obj), major=1, minor=1)))
+    assert exc is None and reader is not None and reader.version == (1, 1)
+    assert reader.header.new.identity is None
+    fp = reader.header.new_fingerprint
+    assert fp is not None and fp.offsets() == [0, 65536]
+    # the same header read as 2.0 lacks the identity and has a fingerprint of the old form
+    refused(finish(preamble(raw_json(obj))), CorruptStream)

@@ -1,0 +1,278 @@
+"""StreamReader: the security boundary of lvpatch.
+
+lvpatch runs as root and writes what this yields onto a block device, while
+the stream may come from anywhere (a pipe, ``ssh``, a file an attacker left
+behind).  So every record is checked completely (checksums, order, bounds,
+decompressed size) *before* it is yielded, at most one record is held in
+memory whatever the stream claims, and every malformed input becomes a
+:class:`~lvdiff.errors.StreamError` rather than a crash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from typing import BinaryIO
+
+import zstandard
+
+from ..errors import CorruptStream, StreamError, TruncatedStream, UnsupportedStream
+from .header import Header
+from .layout import (
+    CRC,
+    END_PAYLOAD,
+    KNOWN_FLAGS,
+    MAGIC,
+    MAX_DATA_LEN,
+    MAX_HEADER_LEN,
+    MAX_OFFSET,
+    MAX_STORED_LEN,
+    MAX_ZSTD_WINDOW,
+    MIN_HEADER_LEN,
+    PREAMBLE,
+    READABLE_MAJORS,
+    RECORD,
+    RECORD_BODY_LEN,
+    SECTOR,
+    TRUNCATED,
+    VERSION,
+    RecordFlag,
+    RecordType,
+    crc32,
+)
+from .records import Record, Totals, placement_problem, zstd_frame_extent
+
+
+class StreamReader:
+    """Reads and validates one stream; iterate to get its DATA and ZERO records.
+
+    The preamble and header are read and checked by the constructor, so a
+    caller can inspect :attr:`header` (e.g. find the base volume) before any
+    record is read.  Iteration yields each record only after all its checks
+    passed, and ends normally only after a valid END followed by end of file;
+    then :attr:`totals` and :attr:`sha256` describe the whole stream.
+    """
+
+    def __init__(self, fp: BinaryIO) -> None:
+        self._fp = fp
+        self._hash = hashlib.sha256()
+        self._dctx = zstandard.ZstdDecompressor(max_window_size=MAX_ZSTD_WINDOW)
+        self._next_offset = 0
+        self._counts = [0, 0, 0, 0, 0]
+        self._started = False
+        self._pos = 0  # bytes consumed, for error messages
+        self.sha256: str | None = None
+        self.complete = False
+        self.version, self.header = self._read_header()
+        # A resumed stream may not reach back before its resume point.
+        self._next_offset = self.header.resume_offset or 0
+
+    @property
+    def totals(self) -> Totals:
+        """Counts of the records read so far; the stream's totals once complete."""
+        return Totals(*self._counts)
+
+    # -- low-level input
+
+    def _read_upto(self, n: int) -> bytes:
+        """Up to n bytes, fewer only at EOF; loops because pipes return short reads."""
+        first = self._fp.read(n)
+        if len(first) == n or not first:
+            self._pos += len(first)
+            return first
+        parts = [first]
+        got = len(first)
+        while got < n:
+            chunk = self._fp.read(n - got)
+            if not chunk:
+                break
+            parts.append(chunk)
+            got += len(chunk)
+        data = b"".join(parts)
+        self._pos += len(data)
+        return data
+
+    def _read_exact(self, n: int, where: str) -> bytes:
+        data = self._read_upto(n)
+        if len(data) != n:
+            raise TruncatedStream(f"{TRUNCATED} (end of input {where})")
+        return data
+
+    # -- preamble and header
+
+    def _read_header(self) -> tuple[tuple[int, int], Header]:
+        preamble = self._read_upto(PREAMBLE.size)
+        if preamble[: len(MAGIC)] != MAGIC[: len(preamble)]:
+            raise StreamError("not an lvdiff stream (bad magic number)")
+        if len(preamble) < PREAMBLE.size:
+            raise TruncatedStream(f"{TRUNCATED} (end of input inside the preamble)")
+        _magic, major, minor, header_len = PREAMBLE.unpack(preamble)
+        if major not in READABLE_MAJORS:
+            if major > VERSION[0]:
+                raise UnsupportedStream(
+                    f"stream format version {major}.{minor} was made by a newer lvdiff;"
+                    f" this one reads versions {READABLE_MAJORS[0]}.x to {VERSION[0]}.x"
+                )
+            raise UnsupportedStream(f"unsupported stream format version {major}.{minor}")
+        if header_len > MAX_HEADER_LEN:
+            raise CorruptStream(f"header too large: {header_len} bytes (limit {MAX_HEADER_LEN})")
+        if header_len < MIN_HEADER_LEN:
+            raise CorruptStream(f"header too small: {header_len} bytes")
+        raw = self._read_exact(header_len, "inside the header")
+        (crc,) = CRC.unpack(self._read_exact(CRC.size, "inside the header checksum"))
+        if crc32(preamble + raw) != crc:
+            raise CorruptStream("header checksum mismatch")
+        header = Header.from_json(raw, (major, minor))
+        self._hash.update(preamble)
+        self._hash.update(raw)
+        self._hash.update(CRC.pack(crc))
+        return (major, minor), header
+
+    # -- records
+
+    def __iter__(self) -> Iterator[Record]:
+        if self._started:
+            raise ValueError("a StreamReader can be iterated only once")
+        self._started = True
+        return self._records()
+
+    def _records(self) -> Iterator[Record]:
+        while True:
+            at = self._pos
+            raw = self._read_exact(RECORD.size, "where a record header was expected")
+            rtype, flags, reserved, stored, offset, length, pcrc, hcrc = RECORD.unpack(raw)
+            if crc32(raw[:RECORD_BODY_LEN]) != hcrc:
+                raise CorruptStream(f"record header checksum mismatch at stream byte {at}")
+            if flags & ~KNOWN_FLAGS:
+                raise CorruptStream(f"record at offset {offset} has unknown flags {flags:#04x}")
+            if reserved:
+                raise CorruptStream(f"record at offset {offset} has nonzero reserved bits")
+            if rtype == RecordType.DATA:
+                yield self._read_data(raw, flags, stored, offset, length, pcrc)
+            elif rtype == RecordType.ZERO:
+                yield self._read_zero(raw, flags, stored, offset, length, pcrc)
+            elif rtype == RecordType.END:
+                self._read_end(raw, flags, stored, offset, length, pcrc)
+                return
+            elif flags & RecordFlag.SKIPPABLE:
+                self._skip_unknown(raw, rtype, stored, pcrc)
+            else:
+                raise UnsupportedStream(
+                    f"unknown mandatory record type {rtype:#04x} at stream byte {at}:"
+                    f" the stream needs a newer lvdiff"
+                )
+
+    def _check_extent(self, kind: str, offset: int, length: int) -> None:
+        if offset > MAX_OFFSET or length > MAX_OFFSET:
+            raise CorruptStream(
+                f"{kind} record at offset {offset} has an impossible offset or length {length}"
+            )
+        if length == 0:
+            raise CorruptStream(f"{kind} record at offset {offset} has zero length")
+        if offset % SECTOR or length % SECTOR:
+            raise CorruptStream(
+                f"{kind} record at offset {offset} (length {length}) is not aligned to {SECTOR}"
+            )
+        problem = placement_problem(offset, length, self._next_offset, self.header.volume_size)
+        if problem:
+            raise CorruptStream(f"{kind} record {problem}")
+
+    def _read_payload(self, stored: int, pcrc: int, what: str) -> bytes:
+        payload = self._read_exact(stored, f"inside the payload of the {what}")
+        if crc32(payload) != pcrc:
+            raise CorruptStream(f"payload checksum mismatch in the {what}")
+        return payload
+
+    def _read_data(
+        self, raw: bytes, flags: int, stored: int, offset: int, length: int, pcrc: int
+    ) -> Record:
+        self._check_extent("DATA", offset, length)
+        what = f"DATA record at offset {offset}"
+        if length > MAX_DATA_LEN:
+            raise CorruptStream(f"{what} is longer than {MAX_DATA_LEN} bytes ({length})")
+        compressed = bool(flags & RecordFlag.ZSTD)
+        if compressed:
+            if not 0 < stored <= MAX_STORED_LEN:
+                raise CorruptStream(f"{what} has an impossible stored length {stored}")
+        elif stored != length:
+            raise CorruptStream(f"{what} stores {stored} bytes for a length of {length}")
+        payload = self._read_payload(stored, pcrc, what)
+        data = self._decompress(payload, length, what) if compressed else payload
+        self._hash.update(raw)
+        self._hash.update(payload)
+        self._next_offset = offset + length
+        self._counts[0] += 1
+        self._counts[2] += length
+        self._counts[4] += stored
+        return Record(RecordType.DATA, offset, length, data)
+
+    def _decompress(self, payload: bytes, length: int, what: str) -> bytes:
+        """Decompress exactly ``length`` bytes, never materialising more.
+
+        The frame's own content size is not trusted: output is pulled from a
+        streaming decoder in requests that add up to at most length + 1 bytes,
+        so a frame that expands to gigabytes costs one extra byte to detect.
+        Asking for that extra byte also makes the decoder reach the end of the
+        frame and verify its content checksum.
+        """
+        try:
+            if zstd_frame_extent(payload, length) != len(payload):
+                raise ValueError("payload has bytes after its zstd frame")
+            reader = self._dctx.stream_reader(payload, read_across_frames=False)
+            parts: list[bytes] = []
+            got = 0
+            while got <= length:
+                chunk = reader.read(length + 1 - got)
+                if not chunk:
+                    break
+                parts.append(chunk)
+                got += len(chunk)
+        except (ValueError, zstandard.ZstdError) as exc:
+            raise CorruptStream(f"{what}: bad zstd payload: {exc}") from None
+        if got != length:
+            amount = f"more than {length}" if got > length else f"{got} instead of {length}"
+            raise CorruptStream(f"{what} decompresses to {amount} bytes")
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _read_zero(
+        self, raw: bytes, flags: int, stored: int, offset: int, length: int, pcrc: int
+    ) -> Record:
+        self._check_extent("ZERO", offset, length)
+        if flags & RecordFlag.ZSTD or stored or pcrc:
+            raise CorruptStream(f"ZERO record at offset {offset} has a payload")
+        self._hash.update(raw)
+        self._next_offset = offset + length
+        self._counts[1] += 1
+        self._counts[3] += length
+        return Record(RecordType.ZERO, offset, length, None)
+
+    def _skip_unknown(self, raw: bytes, rtype: int, stored: int, pcrc: int) -> None:
+        what = f"skippable record of type {rtype:#04x}"
+        if stored > MAX_STORED_LEN:
+            raise CorruptStream(f"{what} has an impossible stored length {stored}")
+        payload = self._read_payload(stored, pcrc, what)
+        self._hash.update(raw)
+        self._hash.update(payload)
+
+    def _read_end(
+        self, raw: bytes, flags: int, stored: int, offset: int, length: int, pcrc: int
+    ) -> None:
+        before_end = self._hash.digest()
+        if offset or length or stored != END_PAYLOAD.size or flags & RecordFlag.ZSTD:
+            raise CorruptStream("END record is malformed")
+        payload = self._read_payload(stored, pcrc, "END record")
+        *counts, digest = END_PAYLOAD.unpack(payload)
+        if digest != before_end:
+            raise CorruptStream(
+                "stream checksum in END does not match: the stream was altered or spliced"
+            )
+        if counts != self._counts:
+            raise CorruptStream(
+                f"END record totals {Totals(*counts)} do not match the records read {self.totals}"
+            )
+        if self._fp.read(1):
+            raise CorruptStream("unexpected data after the END record")
+        self._hash.update(raw)
+        self._hash.update(payload)
+        self.sha256 = self._hash.hexdigest()
+        self.complete = True

@@ -1,0 +1,193 @@
+"""Records: DATA and ZERO encoding, the rules on where a record may sit, zstd frame bounds.
+
+Shared by the writer (which encodes and checks placement, so a producer bug
+fails at backup time) and the reader (which applies the same placement rule
+to a stream that may be hostile).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import zstandard
+
+from .layout import (
+    CRC,
+    MAX_DATA_LEN,
+    MAX_OFFSET,
+    RECORD,
+    RECORD_BODY_LEN,
+    SECTOR,
+    RecordFlag,
+    RecordType,
+    crc32,
+    is_int,
+)
+
+
+@dataclass(frozen=True)
+class Record:
+    """One validated DATA or ZERO record as yielded by StreamReader.
+
+    ``data`` is the decompressed content (exactly ``length`` bytes) for DATA
+    and None for ZERO, whose range reads as zeros.
+    """
+
+    type: RecordType
+    offset: int
+    length: int
+    data: bytes | None
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.length
+
+
+@dataclass(frozen=True)
+class Totals:
+    """Counts carried by the END record, so a reader can cross-check what it saw."""
+
+    data_records: int = 0
+    zero_records: int = 0
+    data_bytes: int = 0
+    zero_bytes: int = 0
+    stored_bytes: int = 0
+
+
+def record_header(
+    rtype: int, flags: int, payload: bytes | memoryview, offset: int, length: int
+) -> bytes:
+    body = RECORD.pack(rtype, flags, 0, len(payload), offset, length, crc32(payload), 0)
+    body = body[:RECORD_BODY_LEN]
+    return body + CRC.pack(crc32(body))
+
+
+def _check_range(offset: int, length: int) -> None:
+    if not is_int(offset) or offset < 0 or offset > MAX_OFFSET or offset % SECTOR:
+        raise ValueError(f"offset must be a multiple of {SECTOR} in 0..2**63, not {offset!r}")
+    if not is_int(length) or length <= 0 or length > MAX_OFFSET or length % SECTOR:
+        raise ValueError(f"length must be a positive multiple of {SECTOR}, not {length!r}")
+
+
+_tls = threading.local()
+
+
+def _compressor(level: int) -> zstandard.ZstdCompressor:
+    # ZstdCompressor objects are not thread-safe, and creating one per call
+    # costs more than compressing a small chunk; one per thread and level.
+    cache: dict[int, zstandard.ZstdCompressor] | None = getattr(_tls, "compressors", None)
+    if cache is None:
+        cache = _tls.compressors = {}
+    cctx = cache.get(level)
+    if cctx is None:
+        # The content checksum lets the reader's decoder verify the output end
+        # to end, independently of the CRC over the stored bytes.
+        cctx = cache[level] = zstandard.ZstdCompressor(
+            level=level, write_checksum=True, write_content_size=True
+        )
+    return cctx
+
+
+def encode_data(offset: int, data: bytes | memoryview, level: int | None = 3) -> bytes:
+    """Complete DATA record bytes (header and payload) for ``data`` at ``offset``.
+
+    Compressed with zstd at ``level`` unless ``level`` is None; the compressed
+    form is kept only when it is smaller, so incompressible blocks cost no
+    decompression on restore.  Thread-safe: dump compresses in worker threads
+    and hands the finished records to a single StreamWriter.
+    """
+    view = memoryview(data).cast("B")
+    length = view.nbytes
+    _check_range(offset, length)
+    if length > MAX_DATA_LEN:
+        raise ValueError(f"DATA record of {length} bytes exceeds MAX_DATA_LEN ({MAX_DATA_LEN})")
+    payload: bytes | memoryview = view
+    flags = 0
+    if level is not None:
+        packed = _compressor(level).compress(view)
+        if len(packed) < length:
+            payload, flags = packed, RecordFlag.ZSTD
+    return b"".join((record_header(RecordType.DATA, flags, payload, offset, length), payload))
+
+
+def encode_zero(offset: int, length: int) -> bytes:
+    """Complete ZERO record bytes: ``[offset, offset+length)`` reads as zeros."""
+    _check_range(offset, length)
+    return record_header(RecordType.ZERO, 0, b"", offset, length)
+
+
+def write_all(fp: BinaryIO, data: bytes | memoryview) -> None:
+    # Buffered files write everything or raise; raw files may write part of
+    # it and report how much, or return None when non-blocking and full.
+    # Treating None as success would silently drop part of a backup.
+    view = memoryview(data)
+    while view.nbytes:
+        written = fp.write(view)
+        if written is None:
+            raise BlockingIOError("stream output is non-blocking and not ready")
+        if written >= view.nbytes:
+            return
+        view = view[written:]
+
+
+def placement_problem(offset: int, length: int, next_offset: int, volume_size: int) -> str | None:
+    """Why a record may not sit at [offset, offset+length), or None.
+
+    One rule for writer and reader: records ascend without overlap (and not
+    before a resumed stream's start) and stay inside the volume.
+    """
+    if offset < next_offset:
+        return (
+            f"at offset {offset} overlaps or precedes the previous record,"
+            f" which ends at {next_offset}"
+        )
+    if offset + length > volume_size:
+        return f"at offset {offset} (length {length}) extends beyond the volume size {volume_size}"
+    return None
+
+
+def zstd_frame_extent(frame: bytes, length: int) -> int:
+    """Size in bytes of the zstd frame at the start of ``frame``.
+
+    python-zstandard cannot say where a frame ends, and without that a payload
+    could carry bytes after its frame that nothing checks.  This walks the
+    block headers (RFC 8878, section 3.1.1) without decoding anything.  It
+    also refuses a declared content size other than ``length``; the declared
+    size is never used to size a buffer.  Raises ValueError on malformed input.
+    """
+    if len(frame) < 6 or frame[:4] != b"\x28\xb5\x2f\xfd":
+        raise ValueError("payload is not a zstd frame")
+    fhd = frame[4]
+    if fhd & 0x08:
+        raise ValueError("zstd frame header has its reserved bit set")
+    single_segment = (fhd >> 5) & 1
+    fcs_size = (single_segment, 2, 4, 8)[fhd >> 6]
+    pos = 5 + (0 if single_segment else 1) + (0, 1, 2, 4)[fhd & 3]
+    if fcs_size:
+        if len(frame) < pos + fcs_size:
+            raise ValueError("zstd frame header is truncated")
+        declared = int.from_bytes(frame[pos : pos + fcs_size], "little")
+        if fcs_size == 2:
+            declared += 256
+        if declared != length:
+            raise ValueError(f"zstd frame declares {declared} bytes, record says {length}")
+        pos += fcs_size
+    size = len(frame)
+    while True:
+        if pos + 3 > size:
+            raise ValueError("zstd frame is truncated")
+        block = frame[pos] | frame[pos + 1] << 8 | frame[pos + 2] << 16
+        pos += 3
+        block_type = (block >> 1) & 3
+        if block_type == 3:
+            raise ValueError("zstd frame has a reserved block type")
+        pos += 1 if block_type == 1 else block >> 3  # RLE blocks store one byte
+        if block & 1:
+            break
+    if fhd & 0x04:
+        pos += 4  # content checksum
+    if pos > size:
+        raise ValueError("zstd frame is truncated")
+    return pos

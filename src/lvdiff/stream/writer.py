@@ -1,0 +1,106 @@
+"""StreamWriter: preamble and header, records in order, then END."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import BinaryIO
+
+from .header import Header
+from .layout import (
+    CRC,
+    END_PAYLOAD,
+    MAGIC,
+    PREAMBLE,
+    RECORD,
+    RECORD_BODY_LEN,
+    VERSION,
+    RecordType,
+    crc32,
+)
+from .records import Totals, placement_problem, record_header, write_all
+
+
+class StreamWriter:
+    """Writes one stream: preamble and header at once, then records, then END.
+
+    The writer enforces the same order and bounds rules as the reader, so a
+    bug in the producer fails at backup time instead of at restore time.  Use
+    it as a context manager to get END written on success only: a stream left
+    behind by a failed backup must stay detectably incomplete.
+    """
+
+    def __init__(self, fp: BinaryIO, header: Header) -> None:
+        raw = header.to_json()
+        head = PREAMBLE.pack(MAGIC, VERSION[0], VERSION[1], len(raw)) + raw
+        head += CRC.pack(crc32(head))
+        self._fp = fp
+        self.header = header
+        self._hash = hashlib.sha256(head)
+        self._next_offset = header.resume_offset or 0
+        self._counts = [0, 0, 0, 0, 0]
+        self.sha256: str | None = None
+        write_all(fp, head)
+
+    @property
+    def totals(self) -> Totals:
+        return Totals(*self._counts)
+
+    @property
+    def closed(self) -> bool:
+        return self.sha256 is not None
+
+    def write_record(self, record: bytes | memoryview) -> None:
+        """Append a record made by encode_data or encode_zero.
+
+        Raises ValueError on misuse (out of order, overlapping, beyond the
+        volume, not a DATA/ZERO record) before writing anything.
+        """
+        if self.closed:
+            raise ValueError("write_record on a closed StreamWriter")
+        view = memoryview(record).cast("B")
+        if view.nbytes < RECORD.size:
+            raise ValueError("record is shorter than a record header")
+        rtype, _flags, _res, stored, offset, length, _pcrc, hcrc = RECORD.unpack_from(view)
+        if crc32(view[:RECORD_BODY_LEN]) != hcrc:
+            raise ValueError("record header checksum mismatch: not made by encode_data/zero")
+        if view.nbytes != RECORD.size + stored:
+            raise ValueError("record length does not match its header")
+        if rtype not in (RecordType.DATA, RecordType.ZERO):
+            raise ValueError(f"write_record accepts DATA and ZERO records, not type {rtype:#04x}")
+        problem = placement_problem(offset, length, self._next_offset, self.header.volume_size)
+        if problem:
+            raise ValueError(f"record {problem}")
+        write_all(self._fp, view)
+        self._hash.update(view)
+        self._next_offset = offset + length
+        if rtype == RecordType.DATA:
+            self._counts[0] += 1
+            self._counts[2] += length
+            self._counts[4] += stored
+        else:
+            self._counts[1] += 1
+            self._counts[3] += length
+
+    def close(self) -> str:
+        """Write END, flush, and return the hex SHA-256 of the whole stream.
+
+        The digest is over every byte including END, i.e. what ``sha256sum``
+        prints for the file, so users can compare it with a copy.  The file
+        object is flushed but not closed: the caller opened it.
+        """
+        if self.sha256 is not None:
+            return self.sha256
+        payload = END_PAYLOAD.pack(*self._counts, self._hash.digest())
+        end = record_header(RecordType.END, 0, payload, 0, 0) + payload
+        write_all(self._fp, end)
+        self._fp.flush()
+        self._hash.update(end)
+        self.sha256 = self._hash.hexdigest()
+        return self.sha256
+
+    def __enter__(self) -> StreamWriter:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.close()

@@ -1,0 +1,56 @@
+"""Which identity a volume gets, and which targets a stream's BASE identity refuses."""
+
+from __future__ import annotations
+
+import pytest
+
+from lvdiff import lineage
+from lvdiff.errors import BaseMismatch
+from lvdiff.lvm import LV
+from lvdiff.stream import Header, VolumeRef
+
+
+def lv(name: str, attr: str = "Vwi---tz-k", tags: tuple[str, ...] = ()) -> LV:
+    return LV(
+        "vg", name, f"uuid-{name}", attr, 1 << 20, "thin", "pool", 1, list(tags), 0, "", True, None
+    )
+
+
+def test_source_identity():
+    snap = lv("s1")  # an inactive, writable snapshot: its UUID
+    assert lineage.source_identity(snap) == "uuid-s1"
+    active = lv("s1", "Vwi-a-tz--")  # active but nobody has it open: still its UUID
+    assert lineage.source_identity(active, lv("tmp")) == "uuid-s1"
+    mounted = lv("vol", "Vwi-aotz--")  # in use: the point in time lives only in the temp snapshot
+    assert lineage.source_identity(mounted, lv("tmp")) == "uuid-tmp"
+    restored = lv("r", "Vri---tz--", ("lvdiff_identity:origin-id",))  # read-only restore
+    assert lineage.source_identity(restored) == "origin-id"
+    made_writable = lv("r", "Vwi---tz--", ("lvdiff_identity:origin-id",))
+    assert lineage.source_identity(made_writable) == "uuid-r"
+
+
+def header(base_identity: str | None) -> Header:
+    return Header(
+        kind="incremental",
+        volume_size=1 << 20,
+        base_size=1 << 20,
+        chunk_size=65536,
+        vg="vg",
+        pool="pool",
+        transaction_id=1,
+        base=VolumeRef("s1", "u1", 1, base_identity),
+        new=VolumeRef("s2", "u2", 2, "id-2"),
+        compression="none",
+        detect_level=0,
+    )
+
+
+def test_check_base():
+    assert lineage.check_base(header("id-1"), lv("b")) is None  # no identity: content decides
+    ro = ("Vri---tz--", ("lvdiff_identity:id-1",))
+    assert lineage.check_base(header("id-1"), lv("b", *ro)) is None
+    with pytest.raises(BaseMismatch, match="not this stream's base"):
+        lineage.check_base(header("id-0"), lv("b", *ro))
+    note = lineage.check_base(header("id-1"), lv("b", "Vwi---tz--", ro[1]))
+    assert note and "writable" in note
+    assert lineage.check_base(header(None), lv("b", *ro)) is None  # a 1.x stream
