@@ -35,7 +35,7 @@ step lvcreate -q --thinpool vg1/pool0 -l 100%FREE
 step lvcreate -q -T vg1/pool0 -V 500M -n sp0
 step lvpatch -g vg1 -l sp0 <"$img/test.diff"
 step lvs -o lv_name,lv_attr,lv_size,pool_lv,origin,lv_tags vg1
-step mount -o ro /dev/vg1/vol0 "$img/mnt/vg1/vol0"
+step mount /dev/vg1/vol0 "$img/mnt/vg1/vol0"      # read-only: it stays the copy of vol0
 printf '\n$ cat hello   # on the restored vg1/vol0\n'
 cat "$img/mnt/vg1/vol0/hello"
 grep -qx "hello world" "$img/mnt/vg1/vol0/hello"

@@ -115,7 +115,7 @@ def test_concurrent_lvdiff_runs_on_one_pool_are_serialised(loop_vg):
         assert res.returncode == 0, res.stderr.decode()
         with open(IMAGES / f"conc-{name}.lvd", "rb") as f:
             r = StreamReader(f)
-            assert r.header.new["name"] == name
+            assert r.header.new.name == name
             assert sum(rec.length for rec in r) > 0 and r.complete
     assert src.held_metadata_root() == "-"
 
