@@ -27,8 +27,9 @@ from . import lineage, lvm, tags
 from .blockdev import BlockDevice, DeviceError
 from .errors import BaseMismatch, LvdiffError, StreamError, UsageError, VerifyFailed
 from .events import Note, Progress, Reporter, ignore
+from .restore import DEFAULT_WORKERS, write_records
 from .resume import ResumeToken
-from .stream import Header, RecordType, StreamReader, Totals, escape_for_terminal
+from .stream import Header, Record, StreamReader, Totals, escape_for_terminal
 from .writer import ChunkWriter, TargetKind
 
 
@@ -40,6 +41,7 @@ class ApplyOptions:
     resumable: bool = False  # on interruption keep NAME and a resume token (lvpatch -s)
     resume: bool = False  # continue an interrupted NAME (lvpatch --resume)
     checkpoint_bytes: int = 1 << 30  # resumable: make progress durable this often
+    workers: int = DEFAULT_WORKERS  # threads that decompress and check records
 
 
 @dataclass
@@ -342,17 +344,16 @@ class _Apply:
             fill_end=h.volume_size if opt.in_place else None,
         )
         applied = self.durable
+
+        def on_record(rec: Record) -> None:
+            nonlocal applied
+            applied = rec.end
+            self.report(Progress(applied, h.volume_size))
+            if opt.resumable and applied - self.durable >= opt.checkpoint_bytes:
+                self._checkpoint(writer, dev, applied)
+
         try:
-            for rec in self.reader:
-                if rec.type == RecordType.DATA:
-                    assert rec.data is not None
-                    writer.data(rec.offset, rec.data)
-                else:
-                    writer.zero(rec.offset, rec.length)
-                applied = rec.end
-                self.report(Progress(applied, h.volume_size))
-                if opt.resumable and applied - self.durable >= opt.checkpoint_bytes:
-                    self._checkpoint(writer, dev, applied)
+            write_records(self.reader, writer, workers=opt.workers, on_record=on_record)
             writer.finish()
         except (StreamError, DeviceError, KeyboardInterrupt):
             if opt.resumable or opt.resume:

@@ -7,6 +7,7 @@ read while another thread compresses or writes.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import os
@@ -32,6 +33,22 @@ class NoSpace(DeviceError):
 def _io_error(e: OSError, what: str, path: str, offset: int) -> DeviceError:
     cls = NoSpace if e.errno == errno.ENOSPC else DeviceError
     return cls(f"{what} {path} at byte {offset}: {os.strerror(e.errno or 0)}")
+
+
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+
+
+def _punch_hole(fd: int, offset: int, length: int) -> bool:
+    """Deallocate a range of a regular file (it then reads as zeros); False if unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fallocate = libc.fallocate
+    except (OSError, AttributeError):
+        return False
+    fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+    mode = _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE
+    return fallocate(fd, mode, offset, length) == 0
 
 
 class BlockDevice:
@@ -116,6 +133,8 @@ class BlockDevice:
         A regular file gets zeros written, a slice at a time.
         """
         if not self.is_block:
+            if _punch_hole(self.fd, offset, length):
+                return
             zeros = memoryview(bytes(min(length, 4 << 20)))
             end = offset + length
             while offset < end:

@@ -95,6 +95,22 @@ def _level(text: str) -> int:
     return int(text)
 
 
+def _compression(text: str) -> int | None:
+    """``zstd``, ``zstd:LEVEL`` (1..19) or ``none``: the zstd level, or None."""
+    name, _, level = text.partition(":")
+    if name == "none" and not level:
+        return None
+    if name == "zstd" and (not level or (level.isdigit() and 1 <= int(level) <= 19)):
+        return int(level or 3)
+    raise argparse.ArgumentTypeError(f"compression must be zstd, zstd:1..19 or none, not {text!r}")
+
+
+def _workers(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 64:
+        raise argparse.ArgumentTypeError(f"workers must be 1..64, not {text!r}")
+    return int(text)
+
+
 def _token(text: str) -> ResumeToken:
     try:
         return ResumeToken.parse(text)
@@ -140,6 +156,21 @@ def lvdiff_parser() -> argparse.ArgumentParser:
         help="record a key:value pair (repeatable; split at the first colon)",
     )
     p.add_argument("-o", "--output", type=Path, help="write the stream to FILE, not stdout")
+    p.add_argument(
+        "--compress",
+        type=_compression,
+        default=3,
+        metavar="zstd[:LEVEL]|none",
+        help="compress data records with zstd at LEVEL (1-19, default 3), or not at all; "
+        "lvpatch reads either",
+    )
+    p.add_argument(
+        "--workers",
+        type=_workers,
+        default=None,
+        metavar="N",
+        help="threads that read and compress (default: the number of CPUs, 2 to 8)",
+    )
     p.add_argument(
         "--resume",
         metavar="TOKEN",
@@ -220,6 +251,13 @@ def lvpatch_parser() -> argparse.ArgumentParser:
         "--resume-token", action="store_true", help="only print the resume token of NAME"
     )
     p.add_argument(
+        "--workers",
+        type=_workers,
+        default=None,
+        metavar="N",
+        help="threads that decompress and check records (default: CPUs, 2 to 4)",
+    )
+    p.add_argument(
         "--cleanup",
         action="store_true",
         help="only remove volumes an interrupted lvpatch left incomplete in VG "
@@ -282,7 +320,10 @@ def lvdiff_main(argv: Sequence[str] | None = None) -> int:
             meta=args.meta,
             thin_delta=os.environ.get("LVDIFF_THIN_DELTA", "thin_delta"),
             resume=args.resume,
+            zstd_level=args.compress,
         )
+        if args.workers:
+            opts.workers = args.workers
         old = base[0] if base else None
         if args.output is None:
             if sys.stdout.isatty():
@@ -361,6 +402,8 @@ def lvpatch_main(argv: Sequence[str] | None = None) -> int:
             resume=args.resume,
             checkpoint_bytes=max(1, args.checkpoint_mib) << 20,
         )
+        if args.workers:
+            opts.workers = args.workers
         if args.input is not None:
             try:
                 inp = open(args.input, "rb")  # noqa: SIM115

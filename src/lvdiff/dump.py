@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -23,16 +23,14 @@ from . import lineage, lvm, tags
 from .blockdev import BlockDevice
 from .errors import LvdiffError, UsageError
 from .events import Note, Progress, Reporter, ignore
-from .plan import ZERO, Extent, plan
+from .plan import MAX_READ, ZERO, Extent, plan
 from .resume import ResumeToken
+from .spool import RangeSpool
 from .stream import Header, StreamWriter, Totals, VolumeRef, encode_data, encode_zero
-from .thindelta import DeltaRange, check_version, thin_delta
+from .thindelta import Delta, check_version, thin_delta
 
 ZERO_GRAIN = 64 * 1024  # finest unit at which all-zero data is sent as ZERO
-MAPPED_KINDS = {
-    "left": ("same", "different", "left_only"),
-    "right": ("same", "different", "right_only"),
-}
+AHEAD_BYTES = 32 << 20  # data read and encoded ahead of the writer, at most
 
 
 @dataclass
@@ -93,26 +91,27 @@ def dump(
                     f"{shown.full_name} reads unprovisioned blocks from an external origin; "
                     "lvdiff can only copy volumes whose data is all in the pool"
                 )
-        meta_dev = stack.enter_context(lvm.metadata_snapshot(vg, pool_name))
-        new_dev = stack.enter_context(BlockDevice(src_new.dev))
         snap1 = src_base.thin_id if src_base else src_new.thin_id
         assert snap1 is not None and src_new.thin_id is not None
-
-        def mapped(side: str) -> Callable[[], Iterator[tuple[int, int]]]:
-            def spans() -> Iterator[tuple[int, int]]:
-                with thin_delta(opt.thin_delta, meta_dev, snap1, src_new.thin_id) as d:
-                    yield from _spans(d.ranges(), MAPPED_KINDS[side], chunk)
-
-            return spans
-
-        base_fp = None
-        if src_base:
-            with BlockDevice(src_base.dev) as base_dev:
-                base_fp = fpr.compute(
-                    opt.level, base_dev.read_once, src_base.size, chunk, _seed(), mapped("left")
-                )
-        new_fp = fpr.compute(
-            opt.level, new_dev.read_once, src_new.size, chunk, _seed(), mapped("right")
+        # thin_delta runs once, and the metadata snapshot is released as soon as its
+        # ranges are spooled: on a busy pool a held one pins old metadata blocks.
+        with (
+            lvm.metadata_snapshot(vg, pool_name) as meta_dev,
+            thin_delta(opt.thin_delta, meta_dev, snap1, src_new.thin_id) as delta,
+        ):
+            sb = delta.superblock
+            assert sb is not None
+            if sb.chunk_bytes != chunk:
+                raise LvdiffError(f"thin_delta reports {sb.chunk_bytes}-byte chunks, lvs {chunk}")
+            ranges = stack.enter_context(RangeSpool(delta.ranges()))
+        new_dev = stack.enter_context(BlockDevice(src_new.dev))
+        base_dev = stack.enter_context(BlockDevice(src_base.dev)) if src_base else None
+        base_fp, new_fp = _fingerprints(
+            opt.level,
+            ranges,
+            chunk,
+            (new_dev, new_lv.size),
+            (base_dev, base_lv.size) if base_dev and base_lv else None,
         )
         header = Header(
             kind="incremental" if base_lv else "full",
@@ -132,17 +131,45 @@ def dump(
             resume_offset=opt.resume.offset if opt.resume else None,
         )
         writer = StreamWriter(out, header)
-        with thin_delta(opt.thin_delta, meta_dev, snap1, src_new.thin_id) as delta:
-            sb = delta.superblock
-            assert sb is not None
-            if sb.chunk_bytes != chunk:
-                raise LvdiffError(f"thin_delta reports {sb.chunk_bytes}-byte chunks, lvs {chunk}")
-            extents = plan(delta.ranges(), chunk, new_lv.size, base_lv.size if base_lv else None)
-            if opt.resume:
-                extents = skip_before(extents, opt.resume.offset)
-            send(extents, new_dev, writer, opt, report)
+        extents = plan(ranges, chunk, new_lv.size, base_lv.size if base_lv else None)
+        if opt.resume:
+            extents = skip_before(extents, opt.resume.offset)
+        send(extents, new_dev, writer, opt, report)
         digest = writer.close()
         return DumpResult(header, digest, writer.totals)
+
+
+def _fingerprints(
+    level: int,
+    ranges: RangeSpool,
+    chunk: int,
+    new: tuple[BlockDevice, int],
+    base: tuple[BlockDevice, int] | None,
+) -> tuple[fpr.Fingerprint | None, fpr.Fingerprint | None]:
+    """BASE's and NEW's fingerprints (device, size); level 3 reads the chunks they share once."""
+    new_dev, new_size = new
+    if level != 3:
+        return (
+            fpr.compute(level, base[0].read_once, base[1], chunk, _seed()) if base else None,
+            fpr.compute(level, new_dev.read_once, new_size, chunk, _seed()),
+        )
+    unit = fpr.unit_for(chunk)
+    spans = (
+        (r.kind.in_left, r.kind.in_right, r.kind is Delta.SAME, r.begin * chunk, r.end * chunk)
+        for r in ranges
+    )
+    new_hex, base_hex = fpr.level3_pair(
+        new_dev.read_once,
+        new_size,
+        base[0].read_once if base else None,
+        base[1] if base else 0,
+        unit,
+        spans,
+    )
+    return (
+        fpr.Fingerprint(3, unit, base[1], base_hex) if base and base_hex else None,
+        fpr.Fingerprint(3, unit, new_size, new_hex),
+    )
 
 
 def _seed() -> str:
@@ -182,25 +209,6 @@ def skip_before(extents: Iterable[Extent], offset: int) -> Iterator[Extent]:
         if e.offset < offset:
             e = Extent(e.kind, offset, e.end - offset)
         yield e
-
-
-def _spans(
-    ranges: Iterable[DeltaRange], kinds: tuple[str, ...], chunk: int
-) -> Iterator[tuple[int, int]]:
-    """Merged mapped byte spans of one side of a delta."""
-    cur: list[int] | None = None
-    for r in ranges:
-        if r.kind not in kinds:
-            continue
-        s, e = r.begin * chunk, r.end * chunk
-        if cur and cur[1] == s:
-            cur[1] = e
-        else:
-            if cur:
-                yield cur[0], cur[1]
-            cur = [s, e]
-    if cur:
-        yield cur[0], cur[1]
 
 
 def _point_in_time(stack: ExitStack, lv: lvm.LV, side: str) -> lvm.LV:
@@ -251,30 +259,59 @@ def send(
     opt: DumpOptions,
     report: Reporter = ignore,
 ) -> None:
-    """Bounded pipeline: worker threads read and compress, this thread writes in order."""
-    depth = opt.workers * 2
+    """Bounded pipeline: worker threads read and compress, this thread writes in order.
+
+    Small extents travel in batches (one task per MAX_READ of data), so a
+    fragmented delta costs a read per extent, not a thread hand-off; the data
+    read ahead of the writer stays under AHEAD_BYTES whatever the extents.
+    """
     done = 0
 
-    def work(e: Extent) -> list[bytes]:
-        return encode_extent(e.offset, dev.read_once(e.offset, e.length), opt.zstd_level)
+    def work(batch: list[Extent]) -> list[bytes]:
+        records: list[bytes] = []
+        for e in batch:
+            records += encode_extent(e.offset, dev.read_once(e.offset, e.length), opt.zstd_level)
+        return records
 
-    def emit(item: Future[list[bytes]] | list[bytes], e: Extent) -> None:
+    def emit(item: Future[list[bytes]] | list[bytes], volume_bytes: int) -> None:
         nonlocal done
-        records = item.result() if isinstance(item, Future) else item
-        for rec in records:
+        for rec in item.result() if isinstance(item, Future) else item:
             writer.write_record(rec)
-        done += e.length
+        done += volume_bytes
         report(Progress(done, None))
+
+    queue: deque[tuple[Future[list[bytes]] | list[bytes], int]] = deque()
+    ahead = 0
+    batch: list[Extent] = []
+    batched = 0
+
+    def submit() -> None:
+        nonlocal ahead, batch, batched
+        if batch:
+            queue.append((ex.submit(work, batch), batched))
+            ahead += batched
+            batch, batched = [], 0
+
+    def drain(limit: int) -> None:
+        nonlocal ahead
+        while queue and (ahead > limit or len(queue) > 4 * opt.workers):
+            item, n = queue.popleft()
+            ahead -= n if isinstance(item, Future) else 0
+            emit(item, n)
 
     ex = ThreadPoolExecutor(opt.workers, thread_name_prefix="lvdiff-read")
     try:
-        queue: deque[tuple[Future[list[bytes]] | list[bytes], Extent]] = deque()
         for e in extents:
-            item = [encode_zero(e.offset, e.length)] if e.kind == ZERO else ex.submit(work, e)
-            queue.append((item, e))
-            while len(queue) > depth:
-                emit(*queue.popleft())
-        while queue:
-            emit(*queue.popleft())
+            if e.kind == ZERO:
+                submit()
+                queue.append(([encode_zero(e.offset, e.length)], e.length))
+            else:
+                if batched + e.length > MAX_READ or len(batch) >= 256:
+                    submit()
+                batch.append(e)
+                batched += e.length
+            drain(AHEAD_BYTES)
+        submit()
+        drain(-1)
     finally:
         ex.shutdown(wait=True, cancel_futures=True)

@@ -7,19 +7,27 @@ independent of the source's chunk size.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from .thindelta import DeltaRange
+from .thindelta import Delta, DeltaRange
 
-DATA = "data"
-ZERO = "zero"
 MAX_READ = 4 << 20  # merge adjacent chunks into sequential reads up to this size
+
+
+class ExtentKind(enum.Enum):
+    DATA = "data"  # read from NEW and send
+    ZERO = "zero"  # reads as zeros in NEW
+
+
+DATA = ExtentKind.DATA
+ZERO = ExtentKind.ZERO
 
 
 @dataclass(frozen=True)
 class Extent:
-    kind: str  # DATA: read from NEW and send; ZERO: reads as zeros in NEW
+    kind: ExtentKind
     offset: int
     length: int
 
@@ -37,9 +45,9 @@ def classify(r: DeltaRange, chunk: int, base_size: int | None) -> Iterator[Exten
     a target made from a BASE of that size does not have.
     """
     off, end = r.begin * chunk, r.end * chunk
-    if base_size is None or r.kind in ("different", "right_only"):
+    if base_size is None or r.kind in (Delta.DIFFERENT, Delta.RIGHT_ONLY):
         yield Extent(DATA, off, end - off)
-    elif r.kind == "left_only":
+    elif r.kind is Delta.LEFT_ONLY:
         yield Extent(ZERO, off, end - off)
     elif end > base_size:  # "same", partly past BASE's end
         start = max(off, base_size)

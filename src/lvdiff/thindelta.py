@@ -13,16 +13,39 @@ Units in the output are pool chunks (``data_block_size`` 512-byte sectors);
 
 from __future__ import annotations
 
+import enum
 import re
 import subprocess
-import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from xml.parsers import expat
 
 from .errors import CommandFailed, UsageError
 
-KINDS = frozenset({"same", "different", "left_only", "right_only"})
+
+class Delta(enum.Enum):
+    """How a run of chunks compares between --snap1 (left) and --snap2 (right).
+
+    The element names of thin_delta's output, as thin-provisioning-tools'
+    own ``Delta`` enum names them.
+    """
+
+    SAME = "same"  # both map the same data blocks
+    DIFFERENT = "different"  # both map it, to different blocks
+    LEFT_ONLY = "left_only"  # only --snap1 maps it
+    RIGHT_ONLY = "right_only"  # only --snap2 maps it
+
+    @property
+    def in_left(self) -> bool:
+        return self is not Delta.RIGHT_ONLY
+
+    @property
+    def in_right(self) -> bool:
+        return self is not Delta.LEFT_ONLY
+
+
+_KINDS = {d.value: d for d in Delta}
 
 # 1.0.0 ignores -m and reads the live metadata; up to 1.0.5 changed blocks are
 # reported as "same".  Either would silently lose data.
@@ -33,7 +56,7 @@ _BROKEN = ((1, 0, 0), (1, 0, 5))
 class DeltaRange:
     """A run of pool chunks ``[begin, begin+length)`` in one of the four kinds."""
 
-    kind: str
+    kind: Delta
     begin: int
     length: int
 
@@ -86,87 +109,85 @@ class DeltaStream:
 
     ``superblock`` is available once the opening ``<diff>`` has been seen;
     ``ranges()`` yields each range in ascending order and checks that order,
-    which later stages rely on.
+    which later stages rely on.  expat's callbacks collect the ranges of one
+    chunk of input at a time, so memory stays flat however long the output,
+    and a range costs about a microsecond, not an element tree's worth.
     """
 
     def __init__(self, chunks: Iterable[bytes]) -> None:
         self._chunks = iter(chunks)
-        self._parser = ET.XMLPullParser(events=("start", "end"))
-        self._events: Iterator[tuple[str, ET.Element]] = iter(())
+        self._parser = expat.ParserCreate()
+        self._parser.buffer_text = True
+        self._parser.StartElementHandler = self._start
+        self._parser.EndElementHandler = self._end
         self._sb_attrs: dict[str, str] | None = None
         self.superblock: Superblock | None = None
-        self._group: str | None = None
-        self._stack: list[ET.Element] = []
+        self._group: Delta | None = None
+        self._got: list[tuple[Delta, dict[str, str]]] = []
         self._done = False
         while self.superblock is None:
-            if self._next_event() is None:
+            if not self._feed():
                 raise DeltaParseError("thin_delta output has no <superblock>/<diff>")
 
-    def _next_event(self) -> tuple[str, ET.Element] | None:
-        while True:
-            for event, elem in self._events:
-                return self._handle(event, elem)
-            if self._done:
-                return None
-            chunk = next(self._chunks, None)
-            try:
-                if chunk is None:
-                    self._done = True
-                    self._parser.close()
-                else:
-                    self._parser.feed(chunk)
-            except ET.ParseError as e:
-                raise DeltaParseError(f"thin_delta output is not valid XML: {e}") from None
-            self._events = self._parser.read_events()
+    def _feed(self) -> bool:
+        """Parse one more chunk of input; False at its end."""
+        if self._done:
+            return False
+        chunk = next(self._chunks, None)
+        try:
+            if chunk is None:
+                self._done = True
+                self._parser.Parse(b"", True)
+            else:
+                self._parser.Parse(chunk, False)
+        except expat.ExpatError as e:
+            raise DeltaParseError(f"thin_delta output is not valid XML: {e}") from None
+        return True
 
-    def _handle(self, event: str, elem: ET.Element) -> tuple[str, ET.Element]:
-        if event == "start":
-            if elem.tag == "superblock":
-                self._sb_attrs = dict(elem.attrib)
-            elif elem.tag == "diff":
-                sb = self._sb_attrs or {}
-                try:
-                    self.superblock = Superblock(
-                        data_block_size=int(sb["data_block_size"]),
-                        transaction=int(sb.get("transaction", -1)),
-                        left=int(elem.attrib["left"]),
-                        right=int(elem.attrib["right"]),
-                    )
-                except (KeyError, ValueError) as e:
-                    raise DeltaParseError(f"thin_delta header lacks {e}") from None
-            self._stack.append(elem)
-        else:
-            self._stack.pop()
-            if self._stack:  # forget finished children: memory stays flat
-                self._stack[-1].remove(elem)
-        return event, elem
+    def _start(self, tag: str, attrs: dict[str, str]) -> None:
+        kind = _KINDS.get(tag)
+        if kind is not None:
+            if "begin" in attrs:
+                self._got.append((kind, attrs))
+            else:  # --verbose: <same><range .../></same>
+                self._group = kind
+        elif tag == "range" and self._group is not None:
+            self._got.append((self._group, attrs))
+        elif tag == "superblock":
+            self._sb_attrs = attrs
+        elif tag == "diff":
+            sb = self._sb_attrs or {}
+            try:
+                self.superblock = Superblock(
+                    data_block_size=int(sb["data_block_size"]),
+                    transaction=int(sb.get("transaction", -1)),
+                    left=int(attrs["left"]),
+                    right=int(attrs["right"]),
+                )
+            except (KeyError, ValueError) as e:
+                raise DeltaParseError(f"thin_delta header lacks {e}") from None
+
+    def _end(self, tag: str) -> None:
+        if tag in _KINDS:
+            self._group = None
 
     def ranges(self) -> Iterator[DeltaRange]:
         last_end = 0
-        while (ev := self._next_event()) is not None:
-            event, elem = ev
-            tag = elem.tag
-            if event == "end":
-                if tag in KINDS:
-                    self._group = None
-                continue
-            if tag in KINDS:
-                if "begin" not in elem.attrib:  # --verbose: <same><range .../></same>
-                    self._group = tag
-                    continue
-                kind = tag
-            elif tag == "range" and self._group:
-                kind = self._group
-            else:
-                continue
-            try:
-                r = DeltaRange(kind, int(elem.attrib["begin"]), int(elem.attrib["length"]))
-            except (KeyError, ValueError):
-                raise DeltaParseError(f"bad thin_delta range {elem.attrib}") from None
-            if r.begin < last_end or r.length <= 0:
-                raise DeltaParseError(f"thin_delta ranges out of order or empty at chunk {r.begin}")
-            last_end = r.end
-            yield r
+        while True:
+            got, self._got = self._got, []
+            for kind, attrs in got:
+                try:
+                    r = DeltaRange(kind, int(attrs["begin"]), int(attrs["length"]))
+                except (KeyError, ValueError):
+                    raise DeltaParseError(f"bad thin_delta range {attrs}") from None
+                if r.begin < last_end or r.length <= 0:
+                    raise DeltaParseError(
+                        f"thin_delta ranges out of order or empty at chunk {r.begin}"
+                    )
+                last_end = r.end
+                yield r
+            if not self._got and not self._feed():
+                return
 
 
 @contextmanager

@@ -41,7 +41,7 @@ class TargetKind:
     thin: bool  # a thin volume: zeros are discarded, never BLKZEROOUT
     zeroes_new_chunks: bool = True  # a partial write to a new chunk zeroes the rest
     discard: bool = False  # whole-chunk discards unmap (and then read as zeros)
-    fresh: bool = False  # nothing provisioned yet: every chunk reads as zeros
+    fresh: bool = False  # nothing written yet (new thin volume, new sparse file): reads zeros
 
     @classmethod
     def plain(cls) -> TargetKind:
@@ -172,13 +172,13 @@ class ChunkWriter:
 
     def _zero(self, start: int, end: int) -> None:
         """Make [start, end) read as zeros."""
+        if self.kind.fresh:
+            return  # never-written chunks read as zeros; a pending one is zero-filled
         if not self.kind.thin:
             self._close_pending()
             self.dev.zeroout(start, end - start)
             self.zero_written += end - start
             return
-        if self.kind.fresh:
-            return  # never-written chunks read as zeros; a pending one is zero-filled
         first, last = self._whole_chunks(start, end) if self.kind.discard else (start, start)
         if start < first:
             self._partial_zero(start, first)

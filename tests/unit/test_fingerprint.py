@@ -47,6 +47,53 @@ def test_whole_digest_independent_of_mapping_knowledge(runs, size):
     assert fpr.digest_whole(reader(buf), size, U, spans) == fpr.digest_whole(reader(buf), size, U)
 
 
+@settings(max_examples=80, deadline=None)
+@given(st.data())
+def test_level3_pair_reads_shared_data_once_and_equals_two_whole_digests(data):
+    unit = data.draw(st.sampled_from([512, 1024, 4096]))
+    chunk = unit * data.draw(st.sampled_from([1, 2, 4]))
+    n_chunks = data.draw(st.integers(1, 24))
+    new_size = n_chunks * chunk - data.draw(st.sampled_from([0, 512]))
+    base_size = max(512, new_size + 512 * data.draw(st.integers(-6, 6)))
+    rnd = random.Random(data.draw(st.integers(0, 1 << 30)))
+    base, new = bytearray(base_size), bytearray(new_size)
+    spans = []
+    for c in range(max(n_chunks, -(-base_size // chunk))):
+        s, e = c * chunk, (c + 1) * chunk
+        in_base, in_new = rnd.random() < 0.6, rnd.random() < 0.6
+        shared = in_base and in_new and rnd.random() < 0.5
+        block = rnd.randbytes(chunk)
+        if in_base:
+            base[s:e] = (block if shared else rnd.randbytes(chunk))[: max(0, base_size - s)]
+        if in_new:
+            new[s:e] = block[: max(0, new_size - s)]
+        if in_base or in_new:
+            spans.append((in_base, in_new, shared, s, e))
+    base, new = bytes(base[:base_size]), bytes(new[:new_size])
+    reads = []
+
+    def reading(buf):
+        def read(off, n):
+            reads.append(n)
+            return buf[off : off + n]
+
+        return read
+
+    got_new, got_base = fpr.level3_pair(
+        reading(new), new_size, reading(base), base_size, unit, spans
+    )
+    assert got_new == fpr.digest_whole(reader(new), new_size, unit)
+    assert got_base == fpr.digest_whole(reader(base), base_size, unit)
+    shared_bytes = sum(
+        min(e, new_size, base_size) - s
+        for b, n, sh, s, e in spans
+        if sh and s < min(new_size, base_size)
+    )
+    mapped = sum(max(0, min(e, new_size) - s) for b, n, sh, s, e in spans if n)
+    mapped += sum(max(0, min(e, base_size) - s) for b, n, sh, s, e in spans if b)
+    assert sum(reads) <= mapped - shared_bytes + chunk  # shared data read once (bar an edge)
+
+
 def test_levels_detect_a_changed_unit_and_roundtrip():
     size = 256 * U
     buf = volume(size, [(0, U), (10 * U, 200 * U)])

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lvdiff.plan import DATA, ZERO, Extent, plan
-from lvdiff.thindelta import DeltaRange
+from lvdiff.thindelta import Delta, DeltaRange
 from lvdiff.writer import ChunkWriter, TargetKind
 
 K = 64 * 1024
@@ -18,13 +18,13 @@ K = 64 * 1024
 
 def test_plan_kinds_clamp_merge_and_split():
     ranges = [
-        DeltaRange("same", 0, 2),
-        DeltaRange("different", 2, 3),
-        DeltaRange("right_only", 5, 1),
-        DeltaRange("left_only", 6, 2),
-        DeltaRange("left_only", 8, 1),
-        DeltaRange("same", 9, 3),
-        DeltaRange("right_only", 100, 50),
+        DeltaRange(Delta.SAME, 0, 2),
+        DeltaRange(Delta.DIFFERENT, 2, 3),
+        DeltaRange(Delta.RIGHT_ONLY, 5, 1),
+        DeltaRange(Delta.LEFT_ONLY, 6, 2),
+        DeltaRange(Delta.LEFT_ONLY, 8, 1),
+        DeltaRange(Delta.SAME, 9, 3),
+        DeltaRange(Delta.RIGHT_ONLY, 100, 50),
     ]
     got = list(plan(ranges, K, new_size=110 * K, base_size=10 * K, max_read=2 * K))
     assert got == [
@@ -37,7 +37,7 @@ def test_plan_kinds_clamp_merge_and_split():
 
 
 def test_full_stream_sends_every_mapped_range():
-    got = list(plan([DeltaRange("same", 1, 2), DeltaRange("same", 5, 1)], K, 10 * K, None))
+    got = list(plan([DeltaRange(Delta.SAME, 1, 2), DeltaRange(Delta.SAME, 5, 1)], K, 10 * K, None))
     assert got == [Extent(DATA, K, 2 * K), Extent(DATA, 5 * K, K)]
 
 

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from pathlib import Path
 
 import pytest
 
 from lvdiff.errors import UsageError
-from lvdiff.thindelta import DeltaParseError, DeltaRange, DeltaStream, parse_version
+from lvdiff.thindelta import Delta, DeltaParseError, DeltaRange, DeltaStream, parse_version
 
 DATA = Path(__file__).parent / "data"
 RECORDED = [  # real output of the rig test's layout, both generations
-    ("same", 0, 1),
-    ("different", 1, 2),
-    ("right_only", 3, 1),
-    ("left_only", 100, 2),
+    (Delta.SAME, 0, 1),
+    (Delta.DIFFERENT, 1, 2),
+    (Delta.RIGHT_ONLY, 3, 1),
+    (Delta.LEFT_ONLY, 100, 2),
 ]
 
 
@@ -37,7 +38,10 @@ def test_recorded_outputs(name):
 def test_attributes_in_any_order_and_flags():
     d, ranges = parse((DATA / "thin_delta-reordered-attrs.xml").read_bytes(), piece=3)
     assert d.superblock.data_block_size == 256 and d.superblock.left == 8
-    assert [(r.kind, r.begin, r.length) for r in ranges] == [("left_only", 0, 5), ("same", 5, 3)]
+    assert [(r.kind, r.begin, r.length) for r in ranges] == [
+        (Delta.LEFT_ONLY, 0, 5),
+        (Delta.SAME, 5, 3),
+    ]
 
 
 def test_memory_stays_flat_on_many_ranges():
@@ -47,13 +51,18 @@ def test_memory_stays_flat_on_many_ranges():
         f'<superblock data_block_size="128"><diff left="1" right="2">{body}</diff>'
         f"</superblock>".encode()
     )
-    d = DeltaStream(raw[i : i + 65536] for i in range(0, len(raw), 65536))
-    begins = []
-    for r in d.ranges():
-        begins.append(r.begin)
-        # the tree holds at most the elements of one 64 KiB read, never all of them
-        assert len(d._stack) <= 3 and all(len(e) <= 2000 for e in d._stack)
-    assert begins == list(range(0, 2 * n, 2))
+    tracemalloc.start()
+    try:
+        d = DeltaStream(raw[i : i + 65536] for i in range(0, len(raw), 65536))
+        count, last = 0, -2
+        for r in d.ranges():
+            assert r.begin == last + 2
+            count, last = count + 1, r.begin
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert count == n
+    assert peak < 4 << 20, peak  # the ranges of one 64 KiB read at a time, never all of them
 
 
 @pytest.mark.parametrize(

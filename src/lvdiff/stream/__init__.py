@@ -26,7 +26,7 @@ from .layout import (
     RecordFlag,
     RecordType,
 )
-from .reader import StreamReader
+from .reader import Pending, StreamReader
 from .records import Record, Totals, encode_data, encode_zero
 from .text import escape_for_terminal
 from .writer import StreamWriter
@@ -44,6 +44,7 @@ __all__ = [
     "VolumeRef",
     "Header",
     "Record",
+    "Pending",
     "Totals",
     "check_identity",
     "encode_data",

@@ -10,13 +10,15 @@ memory whatever the stream claims, and every malformed input becomes a
 
 from __future__ import annotations
 
-import hashlib
+import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import BinaryIO
 
 import zstandard
 
 from ..errors import CorruptStream, StreamError, TruncatedStream, UnsupportedStream
+from .digest import BackgroundSha256
 from .header import Header
 from .layout import (
     CRC,
@@ -42,6 +44,64 @@ from .layout import (
 )
 from .records import Record, Totals, placement_problem, zstd_frame_extent
 
+_tls = threading.local()
+
+
+def _decompress(payload: bytes, length: int, what: str) -> bytes:
+    """Decompress exactly ``length`` bytes, never materialising more.
+
+    The payload must be exactly one zstd frame whose declared content size,
+    if any, is ``length`` (checked by walking its block headers first); one
+    decoder call then fills at most ``length + 1`` bytes, so a frame that
+    would expand to gigabytes fails at one byte over, and the decoder checks
+    the frame's content checksum.  Thread-safe: one decoder per thread.
+    """
+    dctx = getattr(_tls, "dctx", None)
+    if dctx is None:
+        dctx = _tls.dctx = zstandard.ZstdDecompressor(max_window_size=MAX_ZSTD_WINDOW)
+    try:
+        if zstd_frame_extent(payload, length) != len(payload):
+            raise ValueError("payload has bytes after its zstd frame")
+        data = dctx.decompress(payload, max_output_size=length + 1)
+    except (ValueError, zstandard.ZstdError) as exc:
+        raise CorruptStream(f"{what}: bad zstd payload: {exc}") from None
+    if len(data) != length:
+        amount = f"more than {length}" if len(data) > length else f"{len(data)} instead of {length}"
+        raise CorruptStream(f"{what} decompresses to {amount} bytes")
+    return data
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A DATA or ZERO record read and checked, its zstd frame (if any) not yet decoded."""
+
+    type: RecordType
+    offset: int
+    length: int
+    payload: bytes | None  # stored bytes; None for ZERO
+    zstd: bool
+    payload_crc: int = 0
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.length
+
+    def resolve(self) -> Record:
+        """The record with its data, after the checks of its payload (CorruptStream).
+
+        The payload's CRC first, then its zstd frame: the parts of a record's
+        checks that cost time in proportion to its size, so they run where
+        the caller likes (a worker thread) rather than in the reading thread.
+        """
+        data = self.payload
+        if data is not None:
+            what = f"DATA record at offset {self.offset}"
+            if crc32(data) != self.payload_crc:
+                raise CorruptStream(f"payload checksum mismatch in the {what}")
+            if self.zstd:
+                data = _decompress(data, self.length, what)
+        return Record(self.type, self.offset, self.length, data)
+
 
 class StreamReader:
     """Reads and validates one stream; iterate to get its DATA and ZERO records.
@@ -55,8 +115,7 @@ class StreamReader:
 
     def __init__(self, fp: BinaryIO) -> None:
         self._fp = fp
-        self._hash = hashlib.sha256()
-        self._dctx = zstandard.ZstdDecompressor(max_window_size=MAX_ZSTD_WINDOW)
+        self._hash = BackgroundSha256()
         self._next_offset = 0
         self._counts = [0, 0, 0, 0, 0]
         self._started = False
@@ -131,12 +190,21 @@ class StreamReader:
     # -- records
 
     def __iter__(self) -> Iterator[Record]:
+        return (p.resolve() for p in self.pending())
+
+    def pending(self) -> Iterator[Pending]:
+        """Records whose payload may still need decompressing, for parallel consumers.
+
+        Each has passed every check but those of its zstd frame, which
+        :meth:`Pending.resolve` makes (in any thread) before it returns the
+        data; a consumer must resolve a record before acting on it, in order.
+        """
         if self._started:
             raise ValueError("a StreamReader can be iterated only once")
         self._started = True
         return self._records()
 
-    def _records(self) -> Iterator[Record]:
+    def _records(self) -> Iterator[Pending]:
         while True:
             at = self._pos
             raw = self._read_exact(RECORD.size, "where a record header was expected")
@@ -185,7 +253,7 @@ class StreamReader:
 
     def _read_data(
         self, raw: bytes, flags: int, stored: int, offset: int, length: int, pcrc: int
-    ) -> Record:
+    ) -> Pending:
         self._check_extent("DATA", offset, length)
         what = f"DATA record at offset {offset}"
         if length > MAX_DATA_LEN:
@@ -196,47 +264,18 @@ class StreamReader:
                 raise CorruptStream(f"{what} has an impossible stored length {stored}")
         elif stored != length:
             raise CorruptStream(f"{what} stores {stored} bytes for a length of {length}")
-        payload = self._read_payload(stored, pcrc, what)
-        data = self._decompress(payload, length, what) if compressed else payload
+        payload = self._read_exact(stored, f"inside the payload of the {what}")
         self._hash.update(raw)
         self._hash.update(payload)
         self._next_offset = offset + length
         self._counts[0] += 1
         self._counts[2] += length
         self._counts[4] += stored
-        return Record(RecordType.DATA, offset, length, data)
-
-    def _decompress(self, payload: bytes, length: int, what: str) -> bytes:
-        """Decompress exactly ``length`` bytes, never materialising more.
-
-        The frame's own content size is not trusted: output is pulled from a
-        streaming decoder in requests that add up to at most length + 1 bytes,
-        so a frame that expands to gigabytes costs one extra byte to detect.
-        Asking for that extra byte also makes the decoder reach the end of the
-        frame and verify its content checksum.
-        """
-        try:
-            if zstd_frame_extent(payload, length) != len(payload):
-                raise ValueError("payload has bytes after its zstd frame")
-            reader = self._dctx.stream_reader(payload, read_across_frames=False)
-            parts: list[bytes] = []
-            got = 0
-            while got <= length:
-                chunk = reader.read(length + 1 - got)
-                if not chunk:
-                    break
-                parts.append(chunk)
-                got += len(chunk)
-        except (ValueError, zstandard.ZstdError) as exc:
-            raise CorruptStream(f"{what}: bad zstd payload: {exc}") from None
-        if got != length:
-            amount = f"more than {length}" if got > length else f"{got} instead of {length}"
-            raise CorruptStream(f"{what} decompresses to {amount} bytes")
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        return Pending(RecordType.DATA, offset, length, payload, compressed, pcrc)
 
     def _read_zero(
         self, raw: bytes, flags: int, stored: int, offset: int, length: int, pcrc: int
-    ) -> Record:
+    ) -> Pending:
         self._check_extent("ZERO", offset, length)
         if flags & RecordFlag.ZSTD or stored or pcrc:
             raise CorruptStream(f"ZERO record at offset {offset} has a payload")
@@ -244,7 +283,7 @@ class StreamReader:
         self._next_offset = offset + length
         self._counts[1] += 1
         self._counts[3] += length
-        return Record(RecordType.ZERO, offset, length, None)
+        return Pending(RecordType.ZERO, offset, length, None, False)
 
     def _skip_unknown(self, raw: bytes, rtype: int, stored: int, pcrc: int) -> None:
         what = f"skippable record of type {rtype:#04x}"

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 from typing import BinaryIO
 
+from .digest import BackgroundSha256
 from .header import Header
 from .layout import (
     CRC,
@@ -35,7 +35,7 @@ class StreamWriter:
         head += CRC.pack(crc32(head))
         self._fp = fp
         self.header = header
-        self._hash = hashlib.sha256(head)
+        self._hash = BackgroundSha256(head)
         self._next_offset = header.resume_offset or 0
         self._counts = [0, 0, 0, 0, 0]
         self.sha256: str | None = None
