@@ -1,0 +1,424 @@
+#!/usr/bin/env python3
+"""lvdiff's benchmark: our pipelines against the standard tools, on the same bytes, in one run.
+
+What it drives is the real code: lvdiff's read/compress/write path
+(``lvdiff.dump.send`` into a ``StreamWriter``) and lvpatch's
+read/check/decompress/write path (``lvdiff.restore.write_records`` through a
+``ChunkWriter``), over files, each in a child process so its peak RSS is
+its own.  Every figure is a ratio against a standard pipeline timed in the
+same run on the same bytes (ours / theirs: higher is better), with MiB/s.
+Caches are dropped before every timed run when we are root, so both sides
+read from the disk.  Nothing here asserts a time: it prints figures.
+
+usage: bench.py [--size MIB] [--ranges N] [--quick] [--json FILE] [--dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import random
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+M = 1 << 20
+BLOCK = 4 * M
+CHUNK = 64 * 1024
+# text-like: letters, spaces and newlines at roughly English frequencies
+_LETTERS = (
+    b"eeeeeeeeeeeetttttttttaaaaaaaaooooooooiiiiiiinnnnnnnsssssshhhhhhrrrrrr"
+    b"ddddlllluuucccmmmwwffggyyppbbvkjxqz"
+)
+_TEXT = bytes((_LETTERS + b"          \n")[i % (len(_LETTERS) + 11)] for i in range(256))
+
+
+def make_source(path: Path, size: int) -> dict[str, int]:
+    """A file of 4 MiB blocks, in turn incompressible, text-like and all zeros."""
+    kinds = {"random": 0, "text": 0, "zeros": 0}
+    with open(path, "wb") as f:
+        for i in range(0, size, BLOCK):
+            n = min(BLOCK, size - i)
+            kind = ("random", "text", "zeros")[(i // BLOCK) % 3]
+            if kind == "random":
+                f.write(os.urandom(n))
+            elif kind == "text":
+                f.write(os.urandom(n).translate(_TEXT))
+            else:
+                f.seek(n, 1)
+            kinds[kind] += n
+        f.truncate(size)
+    return kinds
+
+
+COLD = True  # drop the page cache before each timed run (root only)
+RUNS = 3  # each side of each comparison runs this often; the medians are compared
+
+
+def drop_caches() -> None:
+    os.sync()
+    if COLD and os.geteuid() == 0:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+
+
+def timed(argv: list[str]) -> tuple[float, str]:
+    """Seconds one child process takes (from cold caches), and what it printed."""
+    drop_caches()
+    start = time.perf_counter()
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, text=True, check=False)
+    took = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"bench: {shlex.join(argv)} failed")
+    return took, proc.stdout
+
+
+def shell(cmd: str) -> float:
+    return timed(["bash", "-o", "pipefail", "-c", cmd])[0]
+
+
+def ours(*args: str) -> tuple[float, int]:
+    """Seconds, and peak RSS in KiB as the child measured it (VmHWM: since its exec)."""
+    took, out = timed([sys.executable, __file__, *args])
+    return took, int(out.split("VmHWM")[-1].split()[0])
+
+
+def peak_rss_report() -> None:
+    """Print this process's peak RSS for the parent (ru_maxrss would count the fork)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                print("VmHWM", line.split()[1], flush=True)
+
+
+def best(runs: int, measure):  # noqa: ANN001, ANN201 - a tiny helper
+    """The median of ``runs`` measurements (time first): disks and caches are noisy."""
+    got = sorted(
+        (measure() for _ in range(runs)), key=lambda r: r[0] if isinstance(r, tuple) else r
+    )
+    return got[len(got) // 2]
+
+
+# ---------------------------------------------------------------- the pipelines, in a child
+
+
+def child_dump(
+    src: str, out: str, level: str, workers: str, extents_file: str = "", report: bool = True
+) -> None:
+    """lvdiff's data path: read, detect zeros, compress, frame, hash, write."""
+    from lvdiff.blockdev import BlockDevice
+    from lvdiff.dump import DumpOptions, send
+    from lvdiff.plan import plan
+    from lvdiff.spool import RangeSpool
+    from lvdiff.thindelta import Delta, DeltaRange, DeltaStream
+
+    opt = DumpOptions(zstd_level=None if level == "none" else int(level), workers=int(workers))
+    with BlockDevice(src) as dev, open(out, "wb") as f:
+        if extents_file:  # a synthetic thin_delta output, parsed and spooled as lvdiff does
+            with open(extents_file, "rb") as x:
+                delta = DeltaStream(iter(lambda: x.read(1 << 16), b""))
+                ranges = RangeSpool(delta.ranges())
+        else:
+            ranges = RangeSpool([DeltaRange(Delta.SAME, 0, -(-dev.size // CHUNK))])
+        w = _writer(f, dev.size)
+        send(plan(ranges, CHUNK, dev.size, None), dev, w, opt)
+        w.close()
+        f.flush()
+        if out != os.devnull:
+            os.fsync(f.fileno())
+    if report:
+        peak_rss_report()
+
+
+def child_patch(stream: str, target: str, workers: str) -> None:
+    """lvpatch's data path: read, check, decompress, write, flush."""
+    from lvdiff.blockdev import BlockDevice
+    from lvdiff.restore import write_records
+    from lvdiff.stream import StreamReader
+    from lvdiff.writer import ChunkWriter, TargetKind
+
+    with open(stream, "rb") as f, BlockDevice(target, writable=True) as dev:
+        reader = StreamReader(f)
+        writer = ChunkWriter(dev, TargetKind(4096, thin=False, fresh=True))  # a new sparse file
+        write_records(reader, writer, workers=int(workers))
+        writer.finish()
+        dev.sync()
+    peak_rss_report()
+
+
+def child_preads(src: str, extents_file: str) -> None:
+    """The device's own random-read speed: one pread per range, in order, nothing else."""
+    import re
+
+    with open(extents_file, "rb") as x:
+        spans = [
+            (int(b), int(n)) for b, n in re.findall(rb'begin="(\d+)" length="(\d+)"', x.read())
+        ]
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        for begin, n in spans:
+            os.pread(fd, n * CHUNK, begin * CHUNK)
+    finally:
+        os.close(fd)
+
+
+def _writer(f: io.BufferedWriter, size: int):
+    from lvdiff.stream import Header, StreamWriter, VolumeRef
+
+    h = Header(
+        kind="full",
+        volume_size=size,
+        chunk_size=CHUNK,
+        vg="bench",
+        pool="pool",
+        transaction_id=0,
+        new=VolumeRef("bench", "bench", 1, "bench"),
+        compression="zstd",
+        detect_level=0,
+    )
+    return StreamWriter(f, h)
+
+
+# ---------------------------------------------------------------- the comparisons
+
+
+def row(name: str, size: int, ours_s: float, theirs_s: float, rss_kib: int, baseline: str) -> dict:
+    r = {
+        "name": name,
+        "baseline": baseline,
+        "ours_mib_s": round(size / M / ours_s, 1),
+        "theirs_mib_s": round(size / M / theirs_s, 1),
+        "ratio": round(theirs_s / ours_s, 3),
+        "peak_rss_mib": round(rss_kib / 1024, 1),
+    }
+    print(
+        f"  {name:<34} {r['ours_mib_s']:>8.1f} MiB/s vs {r['theirs_mib_s']:>8.1f}  "
+        f"ratio {r['ratio']:>5.2f}  rss {r['peak_rss_mib']:>6.1f} MiB   ({baseline})",
+        flush=True,
+    )
+    return r
+
+
+def pipelines(work: Path, size: int, workers: int) -> list[dict]:
+    src = work / "source"
+    mix = make_source(src, size)
+    print(
+        f"== pipelines on {size // M} MiB: "
+        + ", ".join(f"{k} {v // M} MiB" for k, v in mix.items())
+        + f"; {workers} workers",
+        flush=True,
+    )
+    rows = []
+    q = shlex.quote
+    streams = {level: work / f"stream-{level}" for level in ("3", "none")}
+    for level, path in streams.items():  # lvpatch's inputs, made untimed
+        child_dump(str(src), str(path), level, str(workers), report=False)
+    zst = work / "source.zst"
+    subprocess.run(["zstd", "-3", "-T0", "-q", "-f", str(src), "-o", str(zst)], check=True)
+    target = work / "target"
+
+    def into_fresh_target(measure):  # noqa: ANN001, ANN202
+        def run():  # noqa: ANN202
+            target.unlink(missing_ok=True)
+            with open(target, "wb") as f:
+                f.truncate(size)
+            return measure()
+
+        return run
+
+    cases = [
+        (
+            "lvdiff, zstd -3",
+            lambda: ours("_dump", str(src), os.devnull, "3", str(workers)),
+            lambda: shell(f"zstd -3 -T0 -q -c {q(str(src))} | sha256sum > /dev/null"),
+            "zstd -3 -T0 | sha256sum",
+        ),
+        (
+            "lvdiff, no compression",
+            lambda: ours("_dump", str(src), os.devnull, "none", str(workers)),
+            lambda: shell(f"cat {q(str(src))} > /dev/null"),
+            "cat > /dev/null",
+        ),
+        (
+            "lvpatch, zstd stream",
+            into_fresh_target(lambda: ours("_patch", str(streams["3"]), str(target), str(workers))),
+            into_fresh_target(
+                lambda: shell(
+                    f"zstd -d -q -f {q(str(zst))} -o {q(str(target))} && sync {q(str(target))}"
+                )
+            ),
+            "zstd -d into the target, sync",
+        ),
+        (
+            "lvpatch, uncompressed stream",
+            into_fresh_target(
+                lambda: ours("_patch", str(streams["none"]), str(target), str(workers))
+            ),
+            into_fresh_target(
+                lambda: shell(
+                    f"dd if={q(str(src))} of={q(str(target))} bs=4M conv=notrunc,fsync status=none"
+                )
+            ),
+            "dd bs=4M conv=fsync",
+        ),
+    ]
+    for name, mine, theirs, baseline in cases:
+        t_theirs = best(RUNS, theirs)
+        t_ours, rss = best(RUNS, mine)
+        rows.append(row(name, size, t_ours, t_theirs, rss, baseline))
+    for p in (src, zst, target, *streams.values()):
+        p.unlink(missing_ok=True)
+    return rows
+
+
+def synthetic_delta(path: Path, ranges: list[tuple[int, int]]) -> None:
+    """thin_delta's XML for ``ranges`` (chunk, count), all "different"."""
+    with open(path, "w") as f:
+        f.write(f'<superblock uuid="" time="1" transaction="2" data_block_size="{CHUNK // 512}">\n')
+        f.write(' <diff left="1" right="2">\n')
+        for begin, length in ranges:
+            f.write(f'  <different begin="{begin}" length="{length}"/>\n')
+        f.write(" </diff>\n</superblock>\n")
+
+
+def scale(work: Path, n_ranges: int, changed: int, workers: int) -> list[dict]:
+    print(
+        f"== scale: {n_ranges} ranges over a sparse 1 TiB volume; {changed // M} MiB of changes",
+        flush=True,
+    )
+    rows = []
+    tib = 1 << 40
+    vol = work / "sparse"
+    # every range one chunk, spread over the whole TiB; one in 100 holds data
+    step = tib // CHUNK // n_ranges
+    ranges = [(i * step, 1) for i in range(n_ranges)]
+    with open(vol, "wb") as f:
+        f.truncate(tib)
+        rnd = random.Random(1)
+        for begin, _ in ranges[::100]:
+            f.seek(begin * CHUNK)
+            f.write(rnd.randbytes(CHUNK))
+    xml = work / "delta.xml"
+    synthetic_delta(xml, ranges)
+    t, rss = ours("_dump", str(vol), os.devnull, "3", str(workers), str(xml))
+    t_reads = timed([sys.executable, __file__, "_preads", str(vol), str(xml)])[0]
+    r = {
+        "name": f"{n_ranges} one-chunk ranges",
+        "seconds": round(t, 2),
+        "ranges_per_s": round(n_ranges / t),
+        "plain_reads_per_s": round(n_ranges / t_reads),
+        "ratio": round(t_reads / t, 3),
+        "peak_rss_mib": round(rss / 1024, 1),
+    }
+    print(
+        f"  {r['name']:<34} {r['ranges_per_s']:>8} ranges/s vs {r['plain_reads_per_s']:>8}  "
+        f"ratio {r['ratio']:>5.2f}  rss {r['peak_rss_mib']:>6.1f} MiB   "
+        "(one pread per range, in order)",
+        flush=True,
+    )
+    rows.append(r)
+    vol.unlink()
+
+    # the same changes inside a small and a huge volume: cost follows the changes
+    spans = [(i * 4 * (BLOCK // CHUNK), BLOCK // CHUNK) for i in range(changed // BLOCK)]
+    synthetic_delta(xml, spans)
+    times = {}
+    for label, size in (("16 GiB", 16 << 30), ("1 TiB", tib)):
+        with open(vol, "wb") as f:
+            f.truncate(size)
+            rnd = random.Random(2)
+            for begin, n in spans:
+                f.seek(begin * CHUNK)
+                f.write(rnd.randbytes(n * CHUNK))
+        t, rss = ours("_dump", str(vol), os.devnull, "3", str(workers), str(xml))
+        times[label] = t
+        r = {
+            "name": f"{changed // M} MiB changed in {label}",
+            "seconds": round(t, 2),
+            "peak_rss_mib": round(rss / 1024, 1),
+        }
+        print(f"  {r['name']:<34} {t:8.2f} s  rss {r['peak_rss_mib']:>6.1f} MiB", flush=True)
+        rows.append(r)
+        vol.unlink()
+    ratio = times["1 TiB"] / times["16 GiB"]
+    print(
+        f"  time in 1 TiB / time in 16 GiB: {ratio:.2f} (1.00: cost grows with changes, not size)"
+    )
+    rows.append({"name": "1 TiB / 16 GiB time", "ratio": round(ratio, 3)})
+    xml.unlink()
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size", type=int, default=1024, help="MiB of data for the pipelines")
+    ap.add_argument("--ranges", type=int, default=1_000_000, help="ranges in the scale test")
+    ap.add_argument("--changed", type=int, default=1024, help="MiB changed in the scale test")
+    ap.add_argument("--workers", type=int, default=max(2, min(8, os.cpu_count() or 2)))
+    ap.add_argument("--quick", action="store_true", help="a small run that proves the script works")
+    ap.add_argument("--json", type=Path, default=ROOT / "results" / "bench.json")
+    ap.add_argument("--dir", type=Path, default=None, help="where the test files go")
+    ap.add_argument("--warm", action="store_true", help="keep the page cache between runs")
+    args = ap.parse_args()
+    global COLD
+    COLD = not args.warm
+    if args.quick:
+        args.size, args.ranges, args.changed = 24, 10_000, 16
+        global RUNS
+        RUNS = 1
+    work = Path(tempfile.mkdtemp(prefix="lvdiff-bench-", dir=args.dir))
+    try:
+        result = {
+            "when": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "machine": {
+                "cpu": _cpu(),
+                "cpus": os.cpu_count(),
+                "kernel": platform.release(),
+                "python": platform.python_version(),
+            },
+            "cold_cache": COLD and os.geteuid() == 0,
+            "pipelines": pipelines(work, args.size * M, args.workers),
+            "scale": scale(work, args.ranges, args.changed * M, args.workers),
+        }
+    finally:
+        for p in work.iterdir():
+            p.unlink()
+        work.rmdir()
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"== results in {args.json}")
+    return 0
+
+
+def _cpu() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "_dump":
+        child_dump(*sys.argv[2:])
+    elif len(sys.argv) > 1 and sys.argv[1] == "_patch":
+        child_patch(*sys.argv[2:])
+    elif len(sys.argv) > 1 and sys.argv[1] == "_preads":
+        child_preads(*sys.argv[2:])
+    elif len(sys.argv) > 1 and sys.argv[1] == "_mix":
+        make_source(Path(sys.argv[2]), int(sys.argv[3]))
+    else:
+        sys.exit(main())
