@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,11 +24,11 @@ from . import lineage, lvm, tags
 from .blockdev import BlockDevice
 from .errors import LvdiffError, UsageError
 from .events import Note, Progress, Reporter, ignore
-from .plan import MAX_READ, ZERO, Extent, plan
+from .plan import MAX_READ, ZERO, Extent, PlanTotals, plan
 from .resume import ResumeToken
 from .spool import RangeSpool
 from .stream import Header, StreamWriter, Totals, VolumeRef, encode_data, encode_zero
-from .thindelta import Delta, check_version, thin_delta
+from .thindelta import Delta, DeltaRange, check_version, thin_delta
 
 ZERO_GRAIN = 64 * 1024  # finest unit at which all-zero data is sent as ZERO
 AHEAD_BYTES = 32 << 20  # data read and encoded ahead of the writer, at most
@@ -41,13 +42,25 @@ class DumpOptions:
     workers: int = max(2, min(8, os.cpu_count() or 2))
     zstd_level: int | None = 3
     resume: ResumeToken | None = None  # re-send only what lies past an lvpatch's durable point
+    dry_run: bool = False  # find what would be sent, read no data, write nothing
 
 
 @dataclass
 class DumpResult:
-    header: Header
-    sha256: str
-    totals: Totals
+    """What lvdiff did (or, in a dry run, would do)."""
+
+    vg: str
+    pool: str
+    new: str
+    base: str | None
+    volume_size: int
+    chunk_size: int
+    ranges: int  # thin_delta's
+    plan: PlanTotals
+    seconds: float
+    header: Header | None = None  # None in a dry run
+    sha256: str | None = None
+    totals: Totals | None = None
 
 
 def dump(
@@ -58,7 +71,13 @@ def dump(
     options: DumpOptions | None = None,
     report: Reporter = ignore,
 ) -> DumpResult:
-    """Write the stream that turns BASE into NEW (or a full stream of NEW)."""
+    """Write the stream that turns BASE into NEW (or a full stream of NEW).
+
+    With ``options.dry_run`` it stops once it knows what it would send
+    (thin_delta's ranges, the bytes it would read and send as zeros): no
+    data is read and nothing is written to ``out``.
+    """
+    started = time.monotonic()
     opt = options or DumpOptions()
     if opt.level not in (0, 1, 2, 3):
         raise UsageError(f"detect level must be 0..3, not {opt.level}")
@@ -95,6 +114,7 @@ def dump(
         assert snap1 is not None and src_new.thin_id is not None
         # thin_delta runs once, and the metadata snapshot is released as soon as its
         # ranges are spooled: on a busy pool a held one pins old metadata blocks.
+        planned = PlanTotals()
         with (
             lvm.metadata_snapshot(vg, pool_name) as meta_dev,
             thin_delta(opt.thin_delta, meta_dev, snap1, src_new.thin_id) as delta,
@@ -103,7 +123,24 @@ def dump(
             assert sb is not None
             if sb.chunk_bytes != chunk:
                 raise LvdiffError(f"thin_delta reports {sb.chunk_bytes}-byte chunks, lvs {chunk}")
-            ranges = stack.enter_context(RangeSpool(delta.ranges()))
+            ranges = stack.enter_context(RangeSpool())
+            # one pass: spool the ranges and count what the plan will read
+            for _ in planned.count(_plan(ranges.keep(delta.ranges()), chunk, new_lv, base_lv, opt)):
+                pass
+        result = DumpResult(
+            vg,
+            pool_name,
+            new_lv.name,
+            base_lv.name if base_lv else None,
+            new_lv.size,
+            chunk,
+            ranges.count,
+            planned,
+            0.0,
+        )
+        if opt.dry_run:
+            result.seconds = time.monotonic() - started
+            return result
         new_dev = stack.enter_context(BlockDevice(src_new.dev))
         base_dev = stack.enter_context(BlockDevice(src_base.dev)) if src_base else None
         base_fp, new_fp = _fingerprints(
@@ -131,12 +168,19 @@ def dump(
             resume_offset=opt.resume.offset if opt.resume else None,
         )
         writer = StreamWriter(out, header)
-        extents = plan(ranges, chunk, new_lv.size, base_lv.size if base_lv else None)
-        if opt.resume:
-            extents = skip_before(extents, opt.resume.offset)
-        send(extents, new_dev, writer, opt, report)
-        digest = writer.close()
-        return DumpResult(header, digest, writer.totals)
+        extents = _plan(ranges, chunk, new_lv, base_lv, opt)
+        send(extents, new_dev, writer, opt, report, total=planned.read_bytes + planned.zero_bytes)
+        result.sha256 = writer.close()
+        result.header, result.totals = header, writer.totals
+        result.seconds = time.monotonic() - started
+        return result
+
+
+def _plan(
+    ranges: Iterable[DeltaRange], chunk: int, new: lvm.LV, base: lvm.LV | None, opt: DumpOptions
+) -> Iterator[Extent]:
+    extents = plan(ranges, chunk, new.size, base.size if base else None)
+    return skip_before(extents, opt.resume.offset) if opt.resume else extents
 
 
 def _fingerprints(
@@ -258,6 +302,7 @@ def send(
     writer: StreamWriter,
     opt: DumpOptions,
     report: Reporter = ignore,
+    total: int | None = None,
 ) -> None:
     """Bounded pipeline: worker threads read and compress, this thread writes in order.
 
@@ -278,7 +323,7 @@ def send(
         for rec in item.result() if isinstance(item, Future) else item:
             writer.write_record(rec)
         done += volume_bytes
-        report(Progress(done, None))
+        report(Progress(done, total))
 
     queue: deque[tuple[Future[list[bytes]] | list[bytes], int]] = deque()
     ahead = 0

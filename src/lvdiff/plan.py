@@ -92,3 +92,22 @@ def _split(e: Extent, max_read: int) -> Iterator[Extent]:
         cut = min(e.end, (off // max_read + 1) * max_read)
         yield Extent(DATA, off, cut - off)
         off = cut
+
+
+@dataclass
+class PlanTotals:
+    """What a plan will do: exact for the data read (compression and zero grains aside)."""
+
+    extents: int = 0
+    read_bytes: int = 0  # DATA extents: read from NEW and sent
+    zero_bytes: int = 0  # ZERO extents: sent as zeros without reading
+
+    def count(self, extents: Iterable[Extent]) -> Iterator[Extent]:
+        """Count extents as they pass through."""
+        for e in extents:
+            self.extents += 1
+            if e.kind is ZERO:
+                self.zero_bytes += e.length
+            else:
+                self.read_bytes += e.length
+            yield e

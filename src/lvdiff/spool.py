@@ -23,9 +23,14 @@ _BUFFER = 1 << 20
 class RangeSpool:
     """Write ranges once; iterate over them any number of times, in order."""
 
-    def __init__(self, ranges: Iterable[DeltaRange]) -> None:
+    def __init__(self, ranges: Iterable[DeltaRange] = ()) -> None:
         self._file = tempfile.TemporaryFile(prefix="lvdiff-ranges-")  # noqa: SIM115 - closed by close()
         self.count = 0
+        for _ in self.keep(ranges):
+            pass
+
+    def keep(self, ranges: Iterable[DeltaRange]) -> Iterator[DeltaRange]:
+        """Write each range as it passes through (so one pass can also plan)."""
         buf = bytearray()
         pack, codes = _RANGE.pack, _CODES
         for r in ranges:
@@ -34,6 +39,7 @@ class RangeSpool:
                 self._file.write(buf)
                 buf.clear()
             self.count += 1
+            yield r
         self._file.write(buf)
         self._file.flush()
 

@@ -8,6 +8,7 @@ about what lvpatch does with a stream, so it runs once.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import re
@@ -127,19 +128,46 @@ def test_full_then_incremental_chain_bit_exact(loop_vg):
         snap = f"s{step}"
         src.snapshot("vol", snap)
         args = ["-d", level, *(f"{src.name}/{v}" for v in (prev, snap) if v)]
+        # the dry run says exactly what the real run then reads and sends
+        res = tool("lvdiff", "-n", "--json", *args)
+        assert res.returncode == 0, res.stderr.decode()
+        dry = json.loads(res.stdout)
+        assert dry["dry_run"] is True and dry["stream_sha256"] is None
         streams = {}
         for generation in ("0.9", "1.1"):
             streams[generation] = IMAGES / f"{snap}-{generation}.lvd"
-            res = tool("lvdiff", *args, generation=generation, stdout_file=streams[generation])
+            summary = IMAGES / f"{snap}-{generation}.json"
+            res = tool(
+                "lvdiff",
+                "--json",
+                summary,
+                *args,
+                generation=generation,
+                stdout_file=streams[generation],
+            )
             assert res.returncode == 0, res.stderr.decode()
+            sent = json.loads(summary.read_text())
+            assert sent["bytes_to_read"] == dry["bytes_to_read"]
+            assert sent["bytes_as_zero"] == dry["bytes_as_zero"]
+            assert sent["bytes"]["data"] + sent["bytes"]["zero"] == (
+                dry["bytes_to_read"] + dry["bytes_as_zero"]
+            )
         assert records(streams["0.9"]) == records(streams["1.1"]), f"step {step}"
         applied = streams[("0.9", "1.1")[step % 2]]
         where = ["-p", "pool"] if prev is None else ["-l", prev]
         res = tool("lvpatch", "-g", dst.name, *where, stdin_file=applied)
         assert res.returncode == 0, res.stderr.decode()
         assert sha256_of(dst.dev(snap)) == sha256_of(src.dev(snap)), f"step {step}"
+        # the same chain restored into image files, with no thin pool, is the same
+        image = IMAGES / f"{snap}.img"
+        from_file = ["--from-file", IMAGES / f"{prev}.img"] if prev else []
+        res = tool("lvpatch", "--to-file", image, *from_file, stdin_file=applied)
+        assert res.returncode == 0, res.stderr.decode()
+        assert sha256_of(str(image)) == sha256_of(dst.dev(snap)), f"step {step}, image"
         for stream in streams.values():
             stream.unlink()
+        if prev:
+            (IMAGES / f"{prev}.img").unlink()
         prev = snap
     assert dst.held_metadata_root() == "-" and src.held_metadata_root() == "-"
 

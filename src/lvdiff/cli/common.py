@@ -1,0 +1,186 @@
+"""What both commands share: exit codes, help texts, argument types, the console, JSON out.
+
+Only this package prints.  The engines report events (lvdiff.events) that
+the Console renders; results come back as objects that the commands turn
+into a last line of text, or into one JSON object for monitoring.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+from ..errors import LvdiffError, UsageError
+from ..events import Event, Note, Progress
+from ..fingerprint import describe_level
+from ..resume import ResumeToken
+
+JSON_VERSION = 1  # of the --json summaries; a new key is compatible, a changed one bumps it
+
+EXIT_CODES = """\
+exit status:
+  0    success
+  1    runtime failure (I/O error, pool full, LVM or device-mapper state)
+  2    usage error (bad arguments, not root, missing tools, volume not found)
+  3    bad stream: truncated, corrupt, hostile or from a newer major version
+  4    the target is not the stream's base (base check failed)
+  5    the written volume failed verification against NEW's fingerprint
+  6    an lvm, dmsetup or thin_delta command failed (its command line and stderr shown)
+  130  interrupted (SIGINT/SIGTERM); everything was cleaned up
+"""
+
+LEVELS_HELP = "\n".join(f"  {n}  {describe_level(n)}" for n in range(4))
+LINEAGE_HELP = (
+    "Lineage: every stream names the identity of NEW and of BASE (like a ZFS snapshot's\n"
+    "GUID). lvpatch records NEW's on the volume it restores and refuses, whatever the\n"
+    "check level, a -l BASE recorded as anything else; a BASE without one (made by other\n"
+    "means) is checked by content only, at the stream's level:\n" + LEVELS_HELP
+)
+
+
+class Console:
+    """Shows engine events on stderr: notes as lines, progress as a tqdm bar."""
+
+    def __init__(self, prog: str, progress: bool) -> None:
+        self.prog, self.progress, self.bar = prog, progress, None
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, Note):
+            text = f"{self.prog}: {event.text}"
+            if self.bar is not None:
+                self.bar.write(text, file=sys.stderr)
+            else:
+                print(text, file=sys.stderr)
+        elif isinstance(event, Progress) and self.progress:
+            if self.bar is None:
+                from tqdm import tqdm
+
+                self.bar = tqdm(
+                    total=event.total,
+                    unit="B",
+                    unit_scale=True,
+                    unit_divisor=1024,
+                    desc=self.prog,
+                    file=sys.stderr,
+                )
+            self.bar.update(event.done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def progress_wanted(flag: bool | None) -> bool:
+    return sys.stderr.isatty() if flag is None else flag
+
+
+def add_common(p: argparse.ArgumentParser, version: str) -> None:
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show progress on stderr, with a total and time left where known "
+        "(default: when stderr is a terminal)",
+    )
+    p.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        metavar="FILE",
+        help="write a summary as one JSON object to FILE, or to stdout when given no FILE "
+        "and stdout is free (keys in the README)",
+    )
+    p.add_argument("--version", action="version", version=version)
+
+
+def parse_meta(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition(":")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY:VALUE")
+    return key, value
+
+
+def level(text: str) -> int:
+    if text not in ("0", "1", "2", "3"):
+        raise argparse.ArgumentTypeError(f"detect level must be 0, 1, 2 or 3, not {text!r}")
+    return int(text)
+
+
+def compression(text: str) -> int | None:
+    """``zstd``, ``zstd:LEVEL`` (1..19) or ``none``: the zstd level, or None."""
+    name, _, lvl = text.partition(":")
+    if name == "none" and not lvl:
+        return None
+    if name == "zstd" and (not lvl or (lvl.isdigit() and 1 <= int(lvl) <= 19)):
+        return int(lvl or 3)
+    raise argparse.ArgumentTypeError(f"compression must be zstd, zstd:1..19 or none, not {text!r}")
+
+
+def workers(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 64:
+        raise argparse.ArgumentTypeError(f"workers must be 1..64, not {text!r}")
+    return int(text)
+
+
+def token(text: str) -> ResumeToken:
+    try:
+        return ResumeToken.parse(text)
+    except UsageError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def json_destination(arg: str | None, stdout_busy: str | None) -> str | None:
+    """Where --json goes: a file, "-" for stdout, or None; refuse stdout when it is busy."""
+    if arg == "-" and stdout_busy:
+        raise UsageError(f"--json needs a FILE here: stdout carries {stdout_busy}")
+    return arg
+
+
+def emit_json(dest: str | None, command: str, obj: dict[str, Any]) -> None:
+    if dest is None:
+        return
+    text = json.dumps({"version": JSON_VERSION, "command": command, **obj}, sort_keys=False)
+    if dest == "-":
+        print(text, flush=True)
+    else:
+        Path(dest).write_text(text + "\n")
+
+
+def fail(prog: str, err: BaseException) -> NoReturn:
+    msg = " ".join(str(err).split()) or type(err).__name__
+    print(f"{prog}: error: {msg}", file=sys.stderr)
+    sys.exit(getattr(err, "exit_code", 1))
+
+
+def run(prog: str, body: Callable[[], int], console: Console, need_root: bool = True) -> int:
+    """Run a command body: root check, SIGTERM as Ctrl-C, one-line errors, exit codes."""
+
+    def on_term(_sig: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        if need_root and os.geteuid() != 0:
+            raise UsageError(
+                f"{prog} must run as root: it reads and writes LVM volumes "
+                "and device-mapper metadata"
+            )
+        return body()
+    except KeyboardInterrupt:
+        console.close()
+        print(f"{prog}: interrupted; cleaned up", file=sys.stderr)
+        return 130
+    except (LvdiffError, OSError) as e:
+        console.close()
+        fail(prog, e)
+
+
+def rate(nbytes: int, seconds: float) -> float:
+    return round(nbytes / (1 << 20) / seconds, 1) if seconds > 0 else 0.0

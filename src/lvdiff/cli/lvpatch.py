@@ -1,0 +1,333 @@
+"""The lvpatch command: restore onto LVM or into an image file, or check a stream."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from .. import __version__
+from ..errors import UsageError
+from ..stream import escape_for_terminal
+from . import common as c
+
+if TYPE_CHECKING:
+    from ..apply import ApplyResult
+    from ..check import CheckResult
+    from ..imagefile import FileResult
+    from ..stream import Header, Pending
+
+
+def lvpatch_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lvpatch",
+        description="Rebuild a volume from an lvdiff stream read on stdin: as a new thin "
+        "snapshot NAME of BASE (incremental stream), or a new thin volume NAME "
+        "in POOL (full stream), or an image file (--to-file). BASE is left untouched; "
+        "on any failure NAME is removed. --check and --list only read the stream.",
+        epilog="NAME defaults to the name of NEW recorded in the stream. The restored volume "
+        "is read-only (lvchange -p r), so it stays the snapshot its identity names and can "
+        "be the base of the next incremental; mount it read-only, or snapshot it for a "
+        "writable copy. --check, --list and --to-file need neither root nor LVM.\n\n"
+        + c.LINEAGE_HELP
+        + "\n\n"
+        + c.EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("name", nargs="?", metavar="NAME", help="volume to create")
+    p.add_argument("-g", "--vg", "--lvgroup", help="volume group (to restore onto LVM)")
+    p.add_argument(
+        "-l", "--lv", metavar="BASE", help="volume equal to the stream's base (LV or VG/LV)"
+    )
+    p.add_argument("-p", "--pool", help="thin pool for a full stream")
+    p.add_argument("-i", "--input", type=Path, help="read the stream from FILE, not stdin")
+    p.add_argument(
+        "--to-file",
+        type=Path,
+        metavar="IMG",
+        help="restore into a new sparse image file IMG instead of LVM (a full stream, or an "
+        "incremental one with --from-file); readable by losetup and qemu-img",
+    )
+    p.add_argument(
+        "--from-file",
+        type=Path,
+        metavar="BASE_IMG",
+        help="with --to-file: the image of the incremental stream's base (left untouched; "
+        "copied by reflink where the filesystem can)",
+    )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="only read the whole stream and check every record and its END; print its "
+        "header and totals (exit 0 if intact, 3 if not)",
+    )
+    p.add_argument(
+        "--list",
+        action="store_true",
+        help="like --check, and print one line per record: type, offset, length, stored size",
+    )
+    p.add_argument(
+        "--no-base-check",
+        action="store_true",
+        help="do not check that BASE is the stream's base (neither its identity nor "
+        "its content) before writing; the result is still verified",
+    )
+    p.add_argument(
+        "--writable",
+        action="store_true",
+        help="leave the restored volume writable; by default it is made read-only, "
+        "since a volume written after its restore is no longer the snapshot it names",
+    )
+    p.add_argument(
+        "--in-place",
+        action="store_true",
+        help="write into the -l volume itself (for a target that is not thin). "
+        "NOT ATOMIC: a failure leaves it half-written",
+    )
+    p.add_argument(
+        "-s",
+        "--resumable",
+        action="store_true",
+        help="if interrupted (stream cut, Ctrl-C, I/O error), keep NAME and print a "
+        "resume token instead of removing it",
+    )
+    p.add_argument(
+        "--checkpoint-mib",
+        type=int,
+        default=1024,
+        metavar="MIB",
+        help="with -s, make progress durable every MIB mebibytes (default 1024)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue NAME, kept by an interrupted `lvpatch -s`, from a stream made "
+        "with `lvdiff --resume TOKEN`",
+    )
+    p.add_argument(
+        "--resume-token", action="store_true", help="only print the resume token of NAME"
+    )
+    p.add_argument(
+        "--workers",
+        type=c.workers,
+        default=None,
+        metavar="N",
+        help="threads that decompress and check records (default: CPUs, 2 to 4)",
+    )
+    p.add_argument(
+        "--cleanup",
+        action="store_true",
+        help="only remove volumes an interrupted lvpatch left incomplete in VG "
+        "(tagged lvdiff_incomplete), including ones kept for --resume; every "
+        "lvpatch run removes those not kept for --resume",
+    )
+    c.add_common(p, f"lvpatch {__version__}")
+    return p
+
+
+def describe_header(h: Header, version: tuple[int, int] | None = None) -> str:
+    """What a stream holds, every stream-supplied text escaped for the terminal."""
+    e = escape_for_terminal
+    lines = [
+        f"stream format {version[0]}.{version[1]}" if version else "",
+        f"{h.kind} stream of {e(h.vg)}/{e(h.new.name)}"
+        + (f" from {e(h.vg)}/{e(h.base.name)}" if h.base else ""),
+        f"  source pool {e(h.vg)}/{e(h.pool)}, size {h.volume_size} bytes, "
+        f"chunk {h.chunk_size} bytes",
+        f"  created {e(h.created)} by {e(h.tool)}, check level {h.detect_level}",
+        f"  NEW identity {e(h.new.identity or '(none: format 1)')}",
+    ]
+    if h.base:
+        lines.append(f"  BASE identity {e(h.base.identity or '(none: format 1)')}")
+    if h.resume_offset is not None:
+        lines.append(f"  resumes at byte {h.resume_offset}")
+    lines += [f"  {e(k)}: {e(v)}" for k, v in h.meta]
+    return "\n".join(line for line in lines if line)
+
+
+def outcome(res: ApplyResult | FileResult) -> str:
+    """The last word of lvpatch: what was restored and which checks actually ran."""
+    h = res.header
+    if res.verified_level:
+        checked = f"verified against NEW's fingerprint (level {res.verified_level})"
+    else:
+        checked = "NOT verified (the stream was made with -d 0)"
+    read_only = getattr(res, "read_only", False)
+    lines = [
+        f"lvpatch: {res.target} restored, {checked}"
+        + ("; read-only" if read_only else "")
+        + f" ({res.totals.data_bytes} bytes written, {res.totals.zero_bytes} zeroed)"
+    ]
+    if h.incremental and res.base_checked:
+        lines.append(f"lvpatch: base {res.base_checked}")
+    return "\n".join(lines)
+
+
+def summary(res: ApplyResult | FileResult, seconds: float) -> dict[str, Any]:
+    """The --json object of a restore (documented in the README)."""
+    h, t = res.header, res.totals
+    return {
+        "action": "restore",
+        "target": res.target,
+        "kind": h.kind,
+        "new": {"name": h.new.name, "identity": h.new.identity, "size": h.volume_size},
+        "base": {"name": h.base.name, "identity": h.base.identity} if h.base else None,
+        "bytes": {"written": t.data_bytes, "zeroed": t.zero_bytes, "stored": t.stored_bytes},
+        "records": {"data": t.data_records, "zero": t.zero_records},
+        "stream_sha256": res.sha256,
+        "base_check": res.base_checked or None,
+        "verified_level": res.verified_level,
+        "read_only": getattr(res, "read_only", None),
+        "seconds": round(seconds, 3),
+        "mib_per_s": c.rate(t.data_bytes + t.zero_bytes, seconds),
+    }
+
+
+def check_summary(res: CheckResult) -> dict[str, Any]:
+    h, t = res.header, res.totals
+    return {
+        "action": "check",
+        "complete": True,
+        "format": f"{res.version[0]}.{res.version[1]}",
+        "kind": h.kind,
+        "vg": h.vg,
+        "pool": h.pool,
+        "new": {"name": h.new.name, "identity": h.new.identity, "size": h.volume_size},
+        "base": {"name": h.base.name, "identity": h.base.identity, "size": h.base_size}
+        if h.base
+        else None,
+        "created": h.created,
+        "check_level": h.detect_level,
+        "meta": [list(kv) for kv in h.meta],
+        "records": {"data": t.data_records, "zero": t.zero_records},
+        "bytes": {"data": t.data_bytes, "zero": t.zero_bytes, "stored": t.stored_bytes},
+        "stream_sha256": res.sha256,
+    }
+
+
+def _open_input(args: argparse.Namespace) -> BinaryIO:
+    if args.input is not None:
+        try:
+            return open(args.input, "rb")  # noqa: SIM115 - the caller closes it
+        except OSError as err:
+            raise UsageError(f"cannot read {args.input}: {err.strerror}") from None
+    if sys.stdin.isatty():
+        raise UsageError("the stream comes on stdin: lvpatch ... < stream")
+    return sys.stdin.buffer
+
+
+def lvpatch_main(argv: Sequence[str] | None = None) -> int:
+    args = lvpatch_parser().parse_args(argv)
+    console = c.Console("lvpatch", c.progress_wanted(args.progress))
+    file_mode = args.check or args.list or args.to_file is not None
+
+    def body() -> int:
+        import time
+
+        started = time.monotonic()
+        json_to = c.json_destination(
+            args.json, "the records" if args.list and args.json == "-" else None
+        )
+        if file_mode:
+            return _without_lvm(args, console, json_to, started)
+        if not args.vg:
+            raise UsageError("give the volume group with -g VG (or --to-file IMG)")
+        if args.from_file:
+            raise UsageError("--from-file goes with --to-file")
+        from ..apply import ApplyOptions, apply_stream, cleanup
+        from ..lvm import get_lv
+        from ..resume import ResumeToken
+
+        if args.resume_token:
+            if not args.name:
+                raise UsageError("--resume-token needs the volume NAME")
+            token = ResumeToken.from_tags(get_lv(args.vg, args.name).tags)
+            if token is None:
+                raise UsageError(f"{args.vg}/{args.name} has no resume token")
+            print(token)
+            return 0
+        if args.cleanup:
+            removed = cleanup(args.vg, console, resumable=True)
+            print(f"lvpatch: {len(removed)} incomplete volume(s) removed", file=sys.stderr)
+            c.emit_json(json_to, "lvpatch", {"action": "cleanup", "removed": removed})
+            return 0
+        opts = ApplyOptions(
+            base_check=not args.no_base_check,
+            in_place=args.in_place,
+            writable=args.writable,
+            resumable=args.resumable or args.resume,
+            resume=args.resume,
+            checkpoint_bytes=max(1, args.checkpoint_mib) << 20,
+        )
+        if args.workers:
+            opts.workers = args.workers
+        with _open_input(args) as inp:
+            res = apply_stream(
+                inp,
+                args.vg,
+                base=args.lv,
+                pool=args.pool,
+                name=args.name,
+                options=opts,
+                report=console,
+                announce=console,
+            )
+        console.close()
+        print(outcome(res), file=sys.stderr)
+        print(f"{res.sha256}  stream", file=sys.stderr)
+        c.emit_json(json_to, "lvpatch", summary(res, time.monotonic() - started))
+        return 0
+
+    return c.run("lvpatch", body, console, need_root=not file_mode)
+
+
+def _without_lvm(
+    args: argparse.Namespace, console: c.Console, json_to: str | None, started: float
+) -> int:
+    """--check, --list and --to-file: no root, no LVM."""
+    import time
+
+    if args.vg or args.lv or args.pool or args.name or args.in_place or args.resume:
+        raise UsageError("--check, --list and --to-file take no -g/-l/-p/NAME/--in-place/--resume")
+    if args.from_file and args.to_file is None:
+        raise UsageError("--from-file goes with --to-file")
+    if args.to_file is not None:
+        from ..imagefile import restore_to_file
+
+        with _open_input(args) as inp:
+            res = restore_to_file(
+                inp,
+                args.to_file,
+                args.from_file,
+                base_check=not args.no_base_check,
+                report=console,
+                **({"workers": args.workers} if args.workers else {}),
+            )
+        console.close()
+        print(outcome(res), file=sys.stderr)
+        print(f"{res.sha256}  stream", file=sys.stderr)
+        c.emit_json(json_to, "lvpatch", summary(res, time.monotonic() - started))
+        return 0
+    from ..check import check_stream
+
+    def line(p: Pending) -> None:
+        stored = len(p.payload) if p.payload is not None else 0
+        kind = p.type.name + ("/zstd" if p.zstd else "")
+        print(f"{kind:<9} offset {p.offset:>16}  length {p.length:>12}  stored {stored:>10}")
+
+    with _open_input(args) as inp:
+        res = check_stream(inp, line if args.list else lambda _p: None)
+    t = res.totals
+    out = sys.stderr if args.list else sys.stdout
+    if json_to != "-":
+        print(describe_header(res.header, res.version), file=out)
+        print(
+            f"intact: {t.data_records} data records ({t.data_bytes} bytes, {t.stored_bytes} "
+            f"stored), {t.zero_records} zero ranges ({t.zero_bytes} bytes)",
+            file=out,
+        )
+        print(f"{res.sha256}  {args.input or '-'}", file=out)
+    c.emit_json(json_to, "lvpatch", check_summary(res))
+    return 0
