@@ -4,13 +4,21 @@
 # on vg1 from a volume equal to sp0, and read the hello file back.
 # Runs inside rig/env.sh (private loop-only LVM config, images on a tmpfs).
 set -euo pipefail
-export PATH=$PWD/.venv/bin:$PATH
+# LVDIFF_BIN=/usr/bin runs the installed package's tools instead of the checkout's
+export PATH=${LVDIFF_BIN:-$PWD/.venv/bin}:$PATH
 img=${LVDIFF_RIG_IMAGES:?run me through rig/run.py}
 step() { printf '\n$ %s\n' "$*"; "$@"; }
 
 truncate -s 1G "$img/1G.disk.0" "$img/1G.disk.1"
 loop0=$(losetup -f --show "$img/1G.disk.0")
 loop1=$(losetup -f --show "$img/1G.disk.1")
+cleanup() {
+    umount "$img/mnt/vg0/vol0" "$img/mnt/vg1/vol0" 2>/dev/null
+    vgremove -q -ff -y vg0 vg1 >/dev/null 2>&1
+    losetup -d "$loop0" "$loop1"
+    rm -f "$img/1G.disk.0" "$img/1G.disk.1" "$img/test.diff"
+}
+trap cleanup EXIT
 
 echo "== lvdiff side (vg0 on $loop0)"
 step pvcreate -q "$loop0"
