@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -35,6 +36,22 @@ def sh(*argv: str | int, input: bytes | None = None, check: bool = True) -> str:
             f"{' '.join(args)} -> exit {proc.returncode}\n{proc.stderr.decode(errors='replace')}"
         )
     return proc.stdout.decode(errors="replace")
+
+
+def slow_thin_delta(folder: Path, seconds: int = 20) -> str:
+    """thin_delta 0.9 that first sleeps: lvdiff holds the pool's metadata snapshot meanwhile.
+
+    lvdiff keeps that reservation only while thin_delta runs, so a test that
+    interrupts lvdiff while it holds one needs thin_delta to take its time.
+    """
+    real = shutil.which(thin_tool("0.9", "thin_delta"))
+    path = folder / "slow_thin_delta"
+    path.write_text(
+        f'#!/bin/sh\n[ "$1" = --version ] && exec {real} --version\n'
+        f'sleep {seconds}\nexec {real} "$@"\n'
+    )
+    path.chmod(0o755)
+    return str(path)
 
 
 def thin_tool(generation: str, name: str) -> str:

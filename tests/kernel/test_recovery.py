@@ -17,7 +17,7 @@ from .lvmrig import (
     lvpatch_cut_off,
     sh,
     sha256_of,
-    thin_tool,
+    slow_thin_delta,
     tool,
     wait_for,
     write_at,
@@ -26,25 +26,26 @@ from .lvmrig import (
 M = 1 << 20
 
 
-def test_kill9_leftovers_are_recovered(loop_vg):
+def test_kill9_leftovers_are_recovered(loop_vg, tmp_path):
     rnd = random.Random(3)
     src = loop_vg(prefix="src")
     src.pool(size_mb=120)
     vol = src.thin("vol", 32)
     src.snapshot("vol", "base")
     write_at(vol, 0, rnd.randbytes(24 * M))  # vol stays active and writable
-    env = dict(os.environ, LVDIFF_THIN_DELTA=thin_tool("0.9", "thin_delta"))
+    env = dict(os.environ, LVDIFF_THIN_DELTA=slow_thin_delta(tmp_path))
 
-    # lvdiff blocks on a pipe nobody reads, holding the reservation and a temp snapshot
+    # lvdiff killed while it holds the reservation (thin_delta is slow) and temp snapshots
     proc = subprocess.Popen(
         [str(BIN / "lvdiff"), "-d", "1", f"{src.name}/base", f"{src.name}/vol"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     wait_for(lambda: src.held_metadata_root() != "-", "lvdiff to reserve metadata")
     time.sleep(2)
-    proc.send_signal(signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)  # lvdiff, and its thin_delta
     proc.wait()
     proc.stdout.close()
     # base and vol are both active and writable, so each was read through a temp snapshot
@@ -106,12 +107,12 @@ def test_kill9_leftovers_are_recovered(loop_vg):
     stream.unlink()
 
 
-def test_sigterm_cleans_up_at_once(loop_vg):
+def test_sigterm_cleans_up_at_once(loop_vg, tmp_path):
     src = loop_vg(prefix="src")
     src.pool(size_mb=100)
     vol = src.thin("vol", 32)
     write_at(vol, 0, random.Random(4).randbytes(24 * M))
-    env = dict(os.environ, LVDIFF_THIN_DELTA=thin_tool("0.9", "thin_delta"))
+    env = dict(os.environ, LVDIFF_THIN_DELTA=slow_thin_delta(tmp_path))
     proc = subprocess.Popen(
         [str(BIN / "lvdiff"), f"{src.name}/vol"],
         env=env,

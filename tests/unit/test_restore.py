@@ -94,3 +94,36 @@ def test_a_bad_record_stops_the_writer_after_what_came_before(tmp_path):
         )
     assert len(seen) == 14  # 7 DATA and 7 ZERO records, all applied before the cut
     assert cut.read_bytes()[: seen[-1]] == image[: seen[-1]]
+
+
+def test_records_that_arrived_are_applied_while_the_stream_stalls(tmp_path):
+    """lvpatch -s checkpoints must not wait for data that may never come."""
+    import threading
+
+    data, _image, starts = stream(blocks(6), 2 * M)
+    r, w = os.pipe()
+    applied: list[int] = []
+    got_three = threading.Event()
+
+    def on_record(rec) -> None:
+        applied.append(rec.end)
+        if len(applied) == 3:
+            got_three.set()
+
+    target = tmp_path / "img"
+    target.write_bytes(bytes(2 * M))
+    out = open(w, "wb", buffering=0)  # noqa: SIM115 - closed below, to end the stream
+    with open(r, "rb") as inp, BlockDevice(str(target), writable=True) as dev:
+        out.write(data[: starts[2]])  # two DATA and their ZERO records, then nothing more
+        done = threading.Thread(
+            target=lambda: write_records(
+                StreamReader(inp), ChunkWriter(dev, TargetKind.plain()), on_record=on_record
+            ),
+            daemon=True,
+        )
+        done.start()
+        assert got_three.wait(20), applied  # applied although the stream has not gone on
+        out.write(data[starts[2] :])
+        out.close()
+        done.join(20)
+    assert len(applied) == 12
