@@ -13,10 +13,13 @@ truncate -s 1G "$img/1G.disk.0" "$img/1G.disk.1"
 loop0=$(losetup -f --show "$img/1G.disk.0")
 loop1=$(losetup -f --show "$img/1G.disk.1")
 cleanup() {
+    local rc=$?
+    set +e
     umount "$img/mnt/vg0/vol0" "$img/mnt/vg1/vol0" 2>/dev/null
     vgremove -q -ff -y vg0 vg1 >/dev/null 2>&1
     losetup -d "$loop0" "$loop1"
     rm -f "$img/1G.disk.0" "$img/1G.disk.1" "$img/test.diff"
+    exit "$rc"
 }
 trap cleanup EXIT
 

@@ -76,6 +76,8 @@ def main(images: str) -> int:
     for line in reversed(run("findmnt", "-rn", "-o", "TARGET").splitlines()):
         if line.startswith(images.rstrip("/") + "/"):
             run("umount", "-l", line)
+    # processes a test started and left behind with files open there (a server, say)
+    run("fuser", "-k", "-M", "-m", images)
     mine = ours(images)
     if not mine:
         return 0
