@@ -42,6 +42,7 @@ class ApplyOptions:
     resume: bool = False  # continue an interrupted NAME (lvpatch --resume)
     checkpoint_bytes: int = 1 << 30  # resumable: make progress durable this often
     workers: int = DEFAULT_WORKERS  # threads that decompress and check records
+    tags: tuple[str, ...] = ()  # more LVM tags for the restored volume (lvsync marks its own)
 
 
 @dataclass
@@ -214,7 +215,7 @@ class _Apply:
                 )
             if base_lv:
                 self._check_lineage(base_lv)
-            new_tags = [tags.INCOMPLETE]
+            new_tags = [tags.INCOMPLETE, *(lvm.check_tag(t) for t in opt.tags)]
             if h.new.identity:
                 new_tags.append(lineage.identity_tag(h.new.identity))
             # Ctrl-C/SIGTERM wait until the create returns, so the volume is known
@@ -423,6 +424,33 @@ def _identities(h: Header) -> tuple[str, str | None]:
     """NEW's and BASE's identities as a resume token pins them."""
     assert h.new.identity is not None
     return h.new.identity, (h.base.identity if h.base else None)
+
+
+def abandon(vg: str, name: str) -> None:
+    """Remove a restore an interrupted ``lvpatch -s`` kept for resuming (zfs recv -A)."""
+    with lvm.target_lock(vg, lvm.check_name(name, "LV name"), wait=False) as free:
+        if not free:
+            raise UsageError(f"{vg}/{name} is being written by a running lvpatch")
+        lv = lvm.get_lv(vg, name)
+        if tags.INCOMPLETE not in lv.tags:
+            raise UsageError(f"{lv.full_name} is not an incomplete restore; not removing it")
+        lvm.remove(lv)
+
+
+def prune(vg: str, name: str, required_tags: tuple[str, ...]) -> None:
+    """Remove a complete restored volume, only if it carries every one of ``required_tags``.
+
+    For lvsync's retention on a target it reaches through lvpatch alone, so a
+    key limited to lvpatch cannot remove volumes that are not lvsync's.
+    """
+    if not required_tags:
+        raise UsageError("--prune needs the --tag every pruned volume must carry")
+    lv = lvm.get_lv(vg, lvm.check_name(name, "LV name"))
+    if tags.INCOMPLETE in lv.tags or not set(required_tags) <= set(lv.tags):
+        raise UsageError(
+            f"{lv.full_name} does not carry {', '.join(required_tags)}; not removing it"
+        )
+    lvm.remove(lv)
 
 
 def cleanup(

@@ -59,6 +59,16 @@ def check_name(name: str, what: str = "name") -> str:
     return name
 
 
+_TAG_RE = re.compile(r"^[A-Za-z0-9_+.\-/=!:&#]{1,1024}$")
+
+
+def check_tag(tag: str) -> str:
+    reserved = (tags.INCOMPLETE, tags.RESUME_PREFIX, tags.IDENTITY_PREFIX, tags.TEMP)
+    if not _TAG_RE.match(tag) or tag.startswith(reserved):
+        raise UsageError(f"invalid or reserved LVM tag {tag!r}")
+    return tag
+
+
 def parse_lv_spec(spec: str, vg: str | None) -> tuple[str, str]:
     """``LV`` (needs -g), ``VG/LV`` or ``/dev/VG/LV`` -> (vg, lv)."""
     s = spec.removeprefix("/dev/")

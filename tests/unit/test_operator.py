@@ -91,7 +91,7 @@ def lvpatch(*args, stdin: bytes | None = None, user: bool = False) -> subprocess
     return subprocess.run(argv, input=stdin, capture_output=True, check=False)
 
 
-def test_check_and_list_read_a_stream_without_applying_it(open_dir):
+def test_check_and_dump_read_a_stream_without_applying_it(open_dir):
     tmp_path = open_dir
     v = volumes(1)
     data = stream_between(v[0], v[1], "id-0", "id-1")
@@ -104,7 +104,7 @@ def test_check_and_list_read_a_stream_without_applying_it(open_dir):
     assert "incremental stream of src/n from src/b" in out and "Author: BigVan" in out
     assert "NEW identity id-1" in out and "BASE identity id-0" in out
     assert f"{hashlib.sha256(data).hexdigest()}  {f}" in out  # what sha256sum prints
-    res = lvpatch("--list", stdin=data)
+    res = lvpatch("--dump", stdin=data)
     lines = [ln for ln in res.stdout.decode().splitlines() if ln.startswith(("DATA", "ZERO"))]
     assert res.returncode == 0 and len(lines) == 2 and "stored      65536" in lines[0]
     res = lvpatch("--check", "--json", stdin=data)

@@ -9,6 +9,7 @@ a tool's start is mostly imports.
 from .common import EXIT_CODES, Console
 from .lvdiff import lvdiff_main, lvdiff_parser
 from .lvpatch import lvpatch_main, lvpatch_parser, outcome
+from .lvsync import lvsync_main, lvsync_parser
 
 __all__ = [
     "EXIT_CODES",
@@ -18,4 +19,6 @@ __all__ = [
     "lvpatch_main",
     "lvpatch_parser",
     "outcome",
+    "lvsync_main",
+    "lvsync_parser",
 ]

@@ -32,7 +32,7 @@ exit status:
   4    the target is not the stream's base (base check failed)
   5    the written volume failed verification against NEW's fingerprint
   6    an lvm, dmsetup or thin_delta command failed (its command line and stderr shown)
-  130  interrupted (SIGINT/SIGTERM); everything was cleaned up
+  130  interrupted (SIGINT/SIGTERM/SIGHUP); everything was cleaned up
 """
 
 LEVELS_HELP = "\n".join(f"  {n}  {describe_level(n)}" for n in range(4))
@@ -146,7 +146,10 @@ def json_destination(arg: str | None, stdout_busy: str | None) -> str | None:
 def emit_json(dest: str | None, command: str, obj: dict[str, Any]) -> None:
     if dest is None:
         return
-    text = json.dumps({"version": JSON_VERSION, "command": command, **obj}, sort_keys=False)
+    from .. import __version__
+
+    head = {"version": JSON_VERSION, "command": command, "tool": f"{command} {__version__}"}
+    text = json.dumps({**head, **obj}, sort_keys=False)
     if dest == "-":
         print(text, flush=True)
     else:
@@ -166,6 +169,7 @@ def run(prog: str, body: Callable[[], int], console: Console, need_root: bool = 
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGHUP, on_term)  # a dropped ssh session hangs up its command
     try:
         if need_root and os.geteuid() != 0:
             raise UsageError(

@@ -26,11 +26,11 @@ def lvpatch_parser() -> argparse.ArgumentParser:
         description="Rebuild a volume from an lvdiff stream read on stdin: as a new thin "
         "snapshot NAME of BASE (incremental stream), or a new thin volume NAME "
         "in POOL (full stream), or an image file (--to-file). BASE is left untouched; "
-        "on any failure NAME is removed. --check and --list only read the stream.",
+        "on any failure NAME is removed. --check and --dump only read the stream.",
         epilog="NAME defaults to the name of NEW recorded in the stream. The restored volume "
         "is read-only (lvchange -p r), so it stays the snapshot its identity names and can "
         "be the base of the next incremental; mount it read-only, or snapshot it for a "
-        "writable copy. --check, --list and --to-file need neither root nor LVM.\n\n"
+        "writable copy. --check, --dump and --to-file need neither root nor LVM.\n\n"
         + c.LINEAGE_HELP
         + "\n\n"
         + c.EXIT_CODES,
@@ -64,9 +64,33 @@ def lvpatch_parser() -> argparse.ArgumentParser:
         "header and totals (exit 0 if intact, 3 if not)",
     )
     p.add_argument(
-        "--list",
+        "--dump",
         action="store_true",
         help="like --check, and print one line per record: type, offset, length, stored size",
+    )
+    p.add_argument(
+        "--list",
+        action="store_true",
+        help="only list what VG holds of lvpatch's: restored volumes with their identities, "
+        "and restores under way or kept for resuming (with --json, as JSON)",
+    )
+    p.add_argument(
+        "--tag",
+        action="append",
+        default=[],
+        metavar="TAG",
+        help="add this LVM tag to the restored volume (repeatable)",
+    )
+    p.add_argument(
+        "--prune",
+        action="store_true",
+        help="only remove NAME, a restored volume carrying every --tag given "
+        "(lvsync's retention on a target)",
+    )
+    p.add_argument(
+        "--abandon",
+        action="store_true",
+        help="only remove NAME, a restore an interrupted lvpatch -s kept for resuming",
     )
     p.add_argument(
         "--no-base-check",
@@ -215,20 +239,23 @@ def _open_input(args: argparse.Namespace) -> BinaryIO:
             raise UsageError(f"cannot read {args.input}: {err.strerror}") from None
     if sys.stdin.isatty():
         raise UsageError("the stream comes on stdin: lvpatch ... < stream")
-    return sys.stdin.buffer
+    # Unbuffered, and not sys.stdin itself: the thread that reads the stream may be
+    # blocked in read() when the restore is interrupted, and a buffered reader's lock
+    # would then keep anything from closing it.
+    return open(sys.stdin.fileno(), "rb", buffering=0, closefd=False)  # noqa: SIM115
 
 
 def lvpatch_main(argv: Sequence[str] | None = None) -> int:
     args = lvpatch_parser().parse_args(argv)
     console = c.Console("lvpatch", c.progress_wanted(args.progress))
-    file_mode = args.check or args.list or args.to_file is not None
+    file_mode = args.check or args.dump or args.to_file is not None
 
     def body() -> int:
         import time
 
         started = time.monotonic()
         json_to = c.json_destination(
-            args.json, "the records" if args.list and args.json == "-" else None
+            args.json, "the records" if args.dump and args.json == "-" else None
         )
         if file_mode:
             return _without_lvm(args, console, json_to, started)
@@ -248,6 +275,38 @@ def lvpatch_main(argv: Sequence[str] | None = None) -> int:
                 raise UsageError(f"{args.vg}/{args.name} has no resume token")
             print(token)
             return 0
+        if args.list:
+            from ..inventory import inventory
+
+            held = inventory(args.vg)
+            if json_to:
+                c.emit_json(
+                    json_to,
+                    "lvpatch",
+                    {"action": "list", "vg": args.vg, "volumes": [h.to_dict() for h in held]},
+                )
+            else:
+                for h in held:
+                    state = "complete" if h.complete else f"incomplete, resume {h.resume_token}"
+                    ro = "read-only" if h.read_only else "writable"
+                    print(f"{h.name}\t{h.identity or '-'}\t{h.size}\t{ro}\t{state}")
+            return 0
+        if args.prune:
+            if not args.name:
+                raise UsageError("--prune needs the volume NAME")
+            from ..apply import prune
+
+            prune(args.vg, args.name, tuple(args.tag))
+            print(f"lvpatch: removed {args.vg}/{args.name}", file=sys.stderr)
+            return 0
+        if args.abandon:
+            if not args.name:
+                raise UsageError("--abandon needs the volume NAME")
+            from ..apply import abandon
+
+            abandon(args.vg, args.name)
+            print(f"lvpatch: removed {args.vg}/{args.name}", file=sys.stderr)
+            return 0
         if args.cleanup:
             removed = cleanup(args.vg, console, resumable=True)
             print(f"lvpatch: {len(removed)} incomplete volume(s) removed", file=sys.stderr)
@@ -260,6 +319,7 @@ def lvpatch_main(argv: Sequence[str] | None = None) -> int:
             resumable=args.resumable or args.resume,
             resume=args.resume,
             checkpoint_bytes=max(1, args.checkpoint_mib) << 20,
+            tags=tuple(args.tag),
         )
         if args.workers:
             opts.workers = args.workers
@@ -290,7 +350,7 @@ def _without_lvm(
     import time
 
     if args.vg or args.lv or args.pool or args.name or args.in_place or args.resume:
-        raise UsageError("--check, --list and --to-file take no -g/-l/-p/NAME/--in-place/--resume")
+        raise UsageError("--check, --dump and --to-file take no -g/-l/-p/NAME/--in-place/--resume")
     if args.from_file and args.to_file is None:
         raise UsageError("--from-file goes with --to-file")
     if args.to_file is not None:
@@ -318,9 +378,9 @@ def _without_lvm(
         print(f"{kind:<9} offset {p.offset:>16}  length {p.length:>12}  stored {stored:>10}")
 
     with _open_input(args) as inp:
-        res = check_stream(inp, line if args.list else lambda _p: None)
+        res = check_stream(inp, line if args.dump else lambda _p: None)
     t = res.totals
-    out = sys.stderr if args.list else sys.stdout
+    out = sys.stderr if args.dump else sys.stdout
     if json_to != "-":
         print(describe_header(res.header, res.version), file=out)
         print(

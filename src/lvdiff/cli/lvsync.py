@@ -1,0 +1,225 @@
+"""The lvsync command: nightly replication as one command, over lvdiff.sync."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..errors import UsageError
+from . import common as c
+
+EXIT_CODES = """\
+exit status:
+  0    every volume synced (or, with --dry-run, would be)
+  1    a volume failed for good (read the message; a retry will not help by itself)
+  2    usage or configuration error
+  3    nothing to do: no volume changed since its last sync
+  75   a transient failure (target unreachable, link dropped): retry later; a cut
+       transfer resumes by itself on the next run
+  130  interrupted (SIGINT/SIGTERM)
+"""
+
+GUARANTEES = """\
+What a run guarantees: each source gets a read-only snapshot NAME.YYYYmmddTHHMMSSZ, tagged
+lvsync; LVM freezes a mounted filesystem while it snapshots its volume, so each snapshot is
+consistent on its own. Several volumes are snapshotted one right after the other, not at one
+instant: quiesce the application with --pre-snapshot/--post-snapshot (e.g. virsh
+domfsfreeze / domfsthaw) where several volumes must agree. Do not fsfreeze a volume's own
+filesystem in the hook: LVM's snapshot then fails. The base is the newest snapshot both sides
+hold by identity; lvsync prunes only volumes carrying its tags, never the newest common pair,
+and nothing on a target it failed to reach."""
+
+
+def lvsync_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lvsync",
+        description="Replicate thin volumes to another VG, another machine (ssh) or a "
+        "directory: snapshot, send what changed since the newest snapshot both sides "
+        "share, resume cut transfers, prune by a retention policy.",
+        epilog="TARGET is VG[/POOL] here, [user@]host:VG[/POOL] over ssh (the other side "
+        "runs its own lvpatch, of the same version), or dir:/path (stream files and a "
+        "manifest; restore them with --restore). A full stream needs the POOL.\n\n"
+        + GUARANTEES
+        + "\n\n"
+        + EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("volumes", nargs="*", metavar="VG/LV... TARGET", help="what to send, and where")
+    p.add_argument(
+        "-c", "--config", type=Path, help="run the jobs in this TOML file (/etc/lvdiff/lvsync.toml)"
+    )
+    p.add_argument("--job", action="append", default=[], help="with --config: only this job")
+    p.add_argument(
+        "-d",
+        "--check-level",
+        type=c.level,
+        default=None,
+        metavar="0..3",
+        help="lvdiff's content check level (default 2)",
+    )
+    p.add_argument("--compress", default=None, metavar="zstd[:LEVEL]|none", help="default zstd:3")
+    keep_help = {
+        "last": "keep the last N of lvsync's snapshots of a volume (default 2)",
+        "hourly": "also keep the newest snapshot of each of the last N hours",
+        "daily": "also keep the newest snapshot of each of the last N days",
+        "weekly": "also keep the newest snapshot of each of the last N weeks",
+        "monthly": "also keep the newest snapshot of each of the last N months",
+    }
+    for period, text in keep_help.items():
+        p.add_argument(f"--keep-{period}", type=int, default=None, metavar="N", help=text)
+    p.add_argument(
+        "-o", "--ssh-option", action="append", default=[], metavar="OPTION", help="passed to ssh -o"
+    )
+    p.add_argument("--ssh-port", type=int, help="passed to ssh -p")
+    p.add_argument("--ssh-key", type=Path, help="passed to ssh -i")
+    p.add_argument(
+        "--remote-lvpatch",
+        default=None,
+        metavar="CMD",
+        help="lvpatch on the target (default lvpatch)",
+    )
+    p.add_argument("--pre-snapshot", metavar="CMD", help="run (sh -c) before the snapshots")
+    p.add_argument("--post-snapshot", metavar="CMD", help="run (sh -c) after the snapshots")
+    p.add_argument(
+        "-n",
+        "--dry-run",
+        action="store_true",
+        help="say what would be snapshotted, sent (with its size) and pruned; change nothing",
+    )
+    p.add_argument(
+        "--restore",
+        metavar="dir:PATH",
+        help="restore the newest copy of each volume kept in a dir: target onto VG/POOL "
+        "(the one positional argument), or into image files with --to-dir",
+    )
+    p.add_argument("--lv", action="append", default=[], help="with --restore: only this volume")
+    p.add_argument("--to-dir", type=Path, help="with --restore: write image files here")
+    c.add_common(p, f"lvsync {__version__}")
+    return p
+
+
+def _jobs(args: argparse.Namespace) -> list[Any]:
+    from ..sync.config import DEFAULT_PATH, JobConfig, load
+    from ..sync.retention import Retention
+
+    if args.volumes:
+        if args.config or args.job:
+            raise UsageError("give either VG/LV... TARGET or --config, not both")
+        if len(args.volumes) < 2:
+            raise UsageError("give the volumes to send, then the TARGET")
+        configs = [JobConfig("command line", args.volumes[:-1], args.volumes[-1])]
+    else:
+        found = load(args.config or DEFAULT_PATH)
+        unknown = [j for j in args.job if j not in found]
+        if unknown:
+            raise UsageError(f"no job {unknown[0]!r} in the configuration")
+        configs = [found[j] for j in (args.job or found)]
+    for cfg in configs:  # the command line overrides the file
+        if args.check_level is not None:
+            cfg.check_level = args.check_level
+        if args.compress is not None:
+            cfg.compress = args.compress
+        keep = {
+            p: getattr(args, f"keep_{p}") for p in ("last", "hourly", "daily", "weekly", "monthly")
+        }
+        if any(v is not None for v in keep.values()):
+            base = cfg.retention.__dict__
+            cfg.retention = Retention(
+                **{k: (v if v is not None else base[k]) for k, v in keep.items()}
+            )
+        if args.remote_lvpatch:
+            cfg.remote_lvpatch = args.remote_lvpatch
+        cfg.ssh_options = cfg.ssh_options + [
+            *[x for o in args.ssh_option for x in ("-o", o)],
+            *(["-p", str(args.ssh_port)] if args.ssh_port else []),
+            *(["-i", str(args.ssh_key)] if args.ssh_key else []),
+        ]
+        cfg.pre_snapshot = args.pre_snapshot or cfg.pre_snapshot
+        cfg.post_snapshot = args.post_snapshot or cfg.post_snapshot
+    return configs
+
+
+def lvsync_main(argv: Sequence[str] | None = None) -> int:
+    args = lvsync_parser().parse_args(argv)
+    console = c.Console("lvsync", c.progress_wanted(args.progress))
+
+    def body() -> int:
+        from ..lvm import parse_lv_spec
+        from ..sync import job as runner
+        from ..sync.targets import parse_target
+
+        json_to = c.json_destination(args.json, None)
+        if args.restore:
+            return _restore(args, console, json_to)
+        summaries, codes = [], []
+        for cfg in _jobs(args):
+            level = c.compression(cfg.compress)
+            job = runner.Job(
+                sources=[parse_lv_spec(s, None) for s in cfg.sources],
+                target=parse_target(cfg.target, cfg.ssh_options, cfg.remote_lvpatch),
+                retention=cfg.retention,
+                check_level=cfg.check_level,
+                compress=level,
+                pre_snapshot=cfg.pre_snapshot,
+                post_snapshot=cfg.post_snapshot,
+                dry_run=args.dry_run,
+            )
+            job.thin_delta = os.environ.get("LVDIFF_THIN_DELTA", "thin_delta")
+            outcomes = runner.run(job, console)
+            for o in outcomes:
+                line = f"lvsync: {o.source}: {o.status}"
+                if o.error:
+                    line += f": {o.error}"
+                print(line, file=sys.stderr)
+            summaries.append(
+                {
+                    "job": cfg.name,
+                    "target": job.target.label,
+                    "volumes": [o.to_dict() for o in outcomes],
+                }
+            )
+            codes.append(runner.exit_status(outcomes))
+        c.emit_json(json_to, "lvsync", {"dry_run": args.dry_run, "jobs": summaries})
+        for code in (1, 75):
+            if code in codes:
+                return code
+        return 3 if codes and all(code == 3 for code in codes) else 0
+
+    return c.run("lvsync", body, console)
+
+
+def _restore(args: argparse.Namespace, console: c.Console, json_to: str | None) -> int:
+    from ..sync.restore import restore
+    from ..sync.targets import DirTarget
+
+    if not args.restore.startswith("dir:"):
+        raise UsageError("--restore reads a dir: target: --restore dir:/path")
+    store = DirTarget(Path(args.restore[4:]))
+    lvs = args.lv or sorted(
+        {
+            t.split(":", 1)[1]
+            for s in store.manifest()
+            for t in s["tags"]
+            if t.startswith("lvsync_source:")
+        }
+    )
+    done: dict[str, list[str]] = {}
+    if args.to_dir:
+        if args.volumes:
+            raise UsageError("--to-dir restores into files: give no VG/POOL")
+        args.to_dir.mkdir(parents=True, exist_ok=True)
+        for lv in lvs:
+            done[lv] = restore(store, lv, images=args.to_dir, report=console)
+    else:
+        if len(args.volumes) != 1 or "/" not in args.volumes[0]:
+            raise UsageError("--restore needs where: VG/POOL (or --to-dir DIR)")
+        vg, pool = args.volumes[0].split("/", 1)
+        for lv in lvs:
+            done[lv] = restore(store, lv, vg=vg, pool=pool, report=console)
+    c.emit_json(json_to, "lvsync", {"action": "restore", "restored": done})
+    return 0
