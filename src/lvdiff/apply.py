@@ -17,7 +17,7 @@ says it is.
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -29,7 +29,7 @@ from .errors import BaseMismatch, LvdiffError, StreamError, UsageError, VerifyFa
 from .events import Note, Progress, Reporter, ignore
 from .restore import DEFAULT_WORKERS, write_records
 from .resume import ResumeToken
-from .stream import Header, Record, StreamReader, Totals, escape_for_terminal
+from .stream import Header, Record, StreamReader, Totals
 from .writer import ChunkWriter, TargetKind
 
 
@@ -64,34 +64,19 @@ def apply_stream(
     name: str | None = None,
     options: ApplyOptions | None = None,
     report: Reporter = ignore,
-    announce: Reporter | None = None,
+    announce: Callable[[Header], None] | None = None,
 ) -> ApplyResult:
     """Rebuild NEW in ``vg`` from a stream: see the module docstring for the guarantees.
 
-    ``announce`` hears a Note describing the stream once its header is read,
-    before LVM is touched.
+    ``announce`` is given the stream's header once it is read, before LVM is touched.
     """
     opt = options or ApplyOptions()
     reader = StreamReader(inp)
     if announce:
-        announce(Note(describe(reader.header)))
+        announce(reader.header)
     job = _Apply(reader, lvm.check_name(vg, "VG name"), base, pool, name, opt, report)
     with job.stack:
         return job.run()
-
-
-def describe(h: Header) -> str:
-    """What a stream holds, every stream-supplied text escaped for the terminal."""
-    e = escape_for_terminal
-    src = f"{e(h.vg)}/{e(h.new.name)}"
-    lines = [
-        f"restoring {src} ({h.kind}" + (f" from {e(h.vg)}/{e(h.base.name)})" if h.base else ")"),
-        f"  source pool {e(h.vg)}/{e(h.pool)}, size {h.volume_size} bytes, "
-        f"chunk {h.chunk_size} bytes",
-        f"  created {e(h.created)} by {e(h.tool)}, check level {h.detect_level}",
-    ]
-    lines += [f"  {e(k)}: {e(v)}" for k, v in h.meta]
-    return "\n".join(lines)
 
 
 class _Apply:
@@ -499,4 +484,4 @@ class _signals_deferred:
             signal.raise_signal(sig)
 
 
-__all__ = ["ApplyOptions", "ApplyResult", "StreamError", "apply_stream", "cleanup", "describe"]
+__all__ = ["ApplyOptions", "ApplyResult", "StreamError", "apply_stream", "cleanup"]

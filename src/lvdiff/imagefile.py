@@ -24,6 +24,7 @@ from . import fingerprint as fpr
 from .blockdev import BlockDevice
 from .errors import BaseMismatch, LvdiffError, UsageError, VerifyFailed
 from .events import Note, Progress, Reporter, ignore
+from .lineage import check_recorded
 from .restore import DEFAULT_WORKERS, write_records
 from .stream import Header, Record, StreamReader, Totals
 from .writer import ChunkWriter, TargetKind
@@ -139,12 +140,9 @@ def _check_base(h: Header, base: Path, base_check: bool, report: Reporter) -> st
         return "not checked (--no-base-check)"
     checked = []
     recorded = image_identity(base)
+    # an image file's mode is no promise to keep it unchanged: no note about writability
+    check_recorded(h, str(base), recorded, writable=False)
     if recorded is not None and h.base.identity is not None:
-        if recorded != h.base.identity:
-            raise BaseMismatch(
-                f"{base} holds {recorded}, not this stream's base {h.base.name} "
-                f"({h.base.identity}): apply the streams of a chain in order"
-            )
         checked.append("identity matches")
     fp = h.base_fingerprint
     if fp is None:

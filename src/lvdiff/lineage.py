@@ -60,18 +60,22 @@ def check_base(h: Header, base: lvm.LV) -> str | None:
     Returns a note for the user when the identity matches but cannot prove
     the content (the base is writable), else None.
     """
+    return check_recorded(h, base.full_name, recorded_identity(base), base.writable)
+
+
+def check_recorded(h: Header, label: str, recorded: str | None, writable: bool) -> str | None:
+    """The lineage check itself, for anything that records an identity (a tag, an xattr)."""
     assert h.base is not None
-    recorded = recorded_identity(base)
     if recorded is None or h.base.identity is None:
         return None  # made by other means, or a 1.x stream: the content check decides
     if recorded != h.base.identity:
         raise BaseMismatch(
-            f"{base.full_name} holds {recorded}, not this stream's base "
+            f"{label} holds {recorded}, not this stream's base "
             f"{h.base.name} ({h.base.identity}): apply the streams of a chain in order"
         )
-    if base.writable:
+    if writable:
         return (
-            f"{base.full_name} is writable, so its identity cannot prove it unchanged "
+            f"{label} is writable, so its identity cannot prove it unchanged "
             "since it was restored; the content check decides"
         )
     return None

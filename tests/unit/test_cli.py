@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from lvdiff import cli
-from lvdiff.apply import ApplyResult, describe
+from lvdiff.apply import ApplyResult
+from lvdiff.cli.lvpatch import describe_header as describe
 from lvdiff.stream import Header, Totals, VolumeRef
 
 BIN = [sys.executable, "-c", "import sys; from lvdiff.cli import {0}; sys.exit({0}())"]

@@ -100,6 +100,10 @@ def add_common(p: argparse.ArgumentParser, version: str) -> None:
     p.add_argument("--version", action="version", version=version)
 
 
+def add_workers(p: argparse.ArgumentParser, text: str) -> None:
+    p.add_argument("--workers", type=workers, default=None, metavar="N", help=text)
+
+
 def parse_meta(text: str) -> tuple[str, str]:
     key, sep, value = text.partition(":")
     if not sep or not key:

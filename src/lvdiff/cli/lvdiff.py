@@ -73,13 +73,7 @@ def lvdiff_parser() -> argparse.ArgumentParser:
         help="compress data records with zstd at LEVEL (1-19, default 3), or not at all; "
         "lvpatch reads either",
     )
-    p.add_argument(
-        "--workers",
-        type=c.workers,
-        default=None,
-        metavar="N",
-        help="threads that read and compress (default: the number of CPUs, 2 to 8)",
-    )
+    c.add_workers(p, "threads that read and compress (default: the number of CPUs, 2 to 8)")
     p.add_argument(
         "--resume",
         metavar="TOKEN",

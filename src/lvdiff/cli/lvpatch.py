@@ -133,13 +133,7 @@ def lvpatch_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resume-token", action="store_true", help="only print the resume token of NAME"
     )
-    p.add_argument(
-        "--workers",
-        type=c.workers,
-        default=None,
-        metavar="N",
-        help="threads that decompress and check records (default: CPUs, 2 to 4)",
-    )
+    c.add_workers(p, "threads that decompress and check records (default: CPUs, 2 to 4)")
     p.add_argument(
         "--cleanup",
         action="store_true",
@@ -332,7 +326,7 @@ def lvpatch_main(argv: Sequence[str] | None = None) -> int:
                 name=args.name,
                 options=opts,
                 report=console,
-                announce=console,
+                announce=lambda h: print(f"lvpatch: {describe_header(h)}", file=sys.stderr),
             )
         console.close()
         print(outcome(res), file=sys.stderr)
