@@ -156,6 +156,15 @@ def test_to_a_directory_then_the_whole_chain_restored(loop_vg):
         time.sleep(1.1)
     manifest = json.loads((store / "manifest.json").read_text())["streams"]
     assert [s["kind"] for s in manifest] == ["full"] + ["incremental"] * 4
+    # a dry run says what it would send, and changes nothing
+    change(rnd, vol, 16 * M)
+    before = ours(src.name)
+    code, summary, err = lvsync("-n", "--keep-last", "10", f"{src.name}/vol", f"dir:{store}")
+    volume = summary["jobs"][0]["volumes"][0]
+    assert code == 0 and volume["status"] == "would-sync", err
+    assert volume["base"] == before[-1] and volume["estimate"]["bytes_to_read"] > 0
+    assert ours(src.name) == before
+    assert json.loads((store / "manifest.json").read_text())["streams"] == manifest
     dst = loop_vg(prefix="dst")
     dst.pool(size_mb=100)
     code, summary, err = lvsync("--restore", f"dir:{store}", f"{dst.name}/pool")

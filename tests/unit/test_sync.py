@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -87,3 +88,22 @@ def test_exit_status_tells_monitoring_what_to_do():
     assert exit_status([same, same]) == 3
     assert exit_status([ok, cut]) == 75
     assert exit_status([ok, cut, bad]) == 1
+
+
+def test_a_remote_lvpatch_of_another_version_is_a_clear_error(tmp_path, monkeypatch):
+    """The far side answers a listing with its version; lvsync refuses another one."""
+    import stat
+
+    from lvdiff.errors import LvdiffError
+
+    fake = tmp_path / "ssh"  # what the far side's lvpatch would print, whatever was asked
+    fake.write_text(
+        "#!/bin/sh\n"
+        'echo \'{"version": 1, "command": "lvpatch", "tool": "lvpatch 0.0.9", "volumes": []}\'\n'
+    )
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    target = parse_target("backup@nas:vg1/pool0", [])
+    with pytest.raises(LvdiffError, match="runs lvpatch 0.0.9.*same lvdiff version"):
+        target.inventory()
+    target.close()
