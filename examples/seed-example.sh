@@ -9,6 +9,7 @@ export PATH=${LVDIFF_BIN:-$PWD/.venv/bin}:$PATH
 img=${LVDIFF_RIG_IMAGES:?run me through rig/run.py}
 step() { printf '\n$ %s\n' "$*"; "$@"; }
 
+rm -f "$img/test.diff"  # lvdiff -o never overwrites: start from a clean scratch area
 truncate -s 1G "$img/1G.disk.0" "$img/1G.disk.1"
 loop0=$(losetup -f --show "$img/1G.disk.0")
 loop1=$(losetup -f --show "$img/1G.disk.1")

@@ -57,6 +57,8 @@ def test_seed_example_mounted_volume(loop_vg):
         sh("umount", mnt)
     stderr = res.stderr.decode()
     digest = hashlib.sha256(diff_file.read_bytes()).hexdigest()
+    data = diff_file.read_bytes()
+    diff_file.unlink()  # the scratch area is shared with later tests
     assert re.search(rf"^{digest}  -$", stderr, re.M), stderr  # what sha256sum prints
     # temporary snapshot gone, metadata snapshot released, sp0 back to inactive
     assert lv_names(vg0.name) == {"pool0", "vol0", "sp0"}
@@ -66,7 +68,7 @@ def test_seed_example_mounted_volume(loop_vg):
     vg1.pool("pool0", size_mb=200)
     sp0 = vg1.thin("sp0", 64, pool="pool0")
     before = sha256_of(sp0)
-    res = tool("lvpatch", "-g", vg1.name, "-l", "sp0", stdin_file=diff_file)
+    res = tool("lvpatch", "-g", vg1.name, "-l", "sp0", stdin=data)
     assert res.returncode == 0, res.stderr.decode()
     out = res.stderr.decode()
     assert "Author: BigVan (alpc_metic@live.com)" in out

@@ -210,7 +210,8 @@ def _sync_one(
     out.snapshot = new
     if base is not None and _unchanged(job, vg, base.name, new):
         lvm.remove(lvm.get_lv(vg, new))
-        out.status, out.snapshot = "unchanged", None
+        # a transfer resumed in this run was work done, even if nothing changed since
+        out.status, out.snapshot = ("synced" if out.resumed else "unchanged"), None
         report(Note(f"{vg}/{lv} has not changed since {base.name}: nothing to send"))
         _prune(job, vg, lv, out, report, keep_newest=base.name)
         return
