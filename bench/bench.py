@@ -62,7 +62,7 @@ def make_source(path: Path, size: int) -> dict[str, int]:
 
 
 COLD = True  # drop the page cache before each timed run (root only)
-RUNS = 3  # each side of each comparison runs this often; the medians are compared
+RUNS = 5  # each side of each comparison runs this often, in turn; the medians are compared
 
 
 def drop_caches() -> None:
@@ -101,12 +101,24 @@ def peak_rss_report() -> None:
                 print("VmHWM", line.split()[1], flush=True)
 
 
-def best(runs: int, measure):  # noqa: ANN001, ANN201 - a tiny helper
-    """The median of ``runs`` measurements (time first): disks and caches are noisy."""
-    got = sorted(
-        (measure() for _ in range(runs)), key=lambda r: r[0] if isinstance(r, tuple) else r
-    )
+def median(got: list):  # noqa: ANN201 - a tiny helper
+    """The median measurement (time first, for (seconds, rss) pairs)."""
+    got = sorted(got, key=lambda r: r[0] if isinstance(r, tuple) else r)
     return got[len(got) // 2]
+
+
+def interleaved(runs: int, theirs, ours):  # noqa: ANN001, ANN201 - a tiny helper
+    """Medians of ``runs`` measurements of each side, taken in turn.
+
+    This machine's virtual disk changes speed by 2x and more from one minute
+    to the next; alternating the two sides exposes both to the same phases,
+    where timing all of one side and then all of the other would not.
+    """
+    a, b = [], []
+    for _ in range(runs):
+        a.append(theirs())
+        b.append(ours())
+    return median(a), median(b)
 
 
 # ---------------------------------------------------------------- the pipelines, in a child
@@ -273,8 +285,7 @@ def pipelines(work: Path, size: int, workers: int) -> list[dict]:
         ),
     ]
     for name, mine, theirs, baseline in cases:
-        t_theirs = best(RUNS, theirs)
-        t_ours, rss = best(RUNS, mine)
+        t_theirs, (t_ours, rss) = interleaved(RUNS, theirs, mine)
         rows.append(row(name, size, t_ours, t_theirs, rss, baseline))
     for p in (src, zst, target, *streams.values()):
         p.unlink(missing_ok=True)

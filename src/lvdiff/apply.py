@@ -29,7 +29,7 @@ from .errors import BaseMismatch, LvdiffError, StreamError, UsageError, VerifyFa
 from .events import Note, Progress, Reporter, ignore
 from .restore import DEFAULT_WORKERS, write_records
 from .resume import ResumeToken
-from .stream import Header, Record, StreamReader, Totals
+from .stream import Header, Record, StreamDigest, StreamReader, Totals
 from .writer import ChunkWriter, TargetKind
 
 
@@ -50,7 +50,7 @@ class ApplyResult:
     target: str
     header: Header
     totals: Totals
-    sha256: str
+    digest: StreamDigest | None
     base_checked: str  # how BASE was checked, in words ("" for a full stream)
     verified_level: int  # level of the check of the result against NEW; 0: none ran
     read_only: bool
@@ -154,7 +154,7 @@ class _Apply:
                 label,
                 self.h,
                 self.reader.totals,
-                self.reader.sha256 or "",
+                self.reader.digest,
                 self.base_checked,
                 self.h.detect_level if self.h.new_fingerprint else 0,
                 read_only,

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from .stream import Header, Pending, StreamReader, Totals
+from .stream import Header, Pending, StreamDigest, StreamReader, Totals
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,7 @@ class CheckResult:
     header: Header
     version: tuple[int, int]
     totals: Totals
-    sha256: str  # of the whole stream, as sha256sum prints it
+    digest: StreamDigest  # of the whole stream, as xxh128sum (sha256sum before 3.0) prints it
 
 
 def check_stream(
@@ -33,7 +33,7 @@ def check_stream(
     """
     reader = StreamReader(fp)
     for pending in reader.pending():
-        pending.resolve()  # CRC, zstd frame, decompressed size and checksum
+        pending.resolve()  # payload check, zstd frame, decompressed size and checksum
         on_record(pending)
-    assert reader.complete and reader.sha256 is not None
-    return CheckResult(reader.header, reader.version, reader.totals, reader.sha256)
+    assert reader.complete and reader.digest is not None
+    return CheckResult(reader.header, reader.version, reader.totals, reader.digest)

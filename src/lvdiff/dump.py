@@ -27,7 +27,7 @@ from .events import Note, Progress, Reporter, ignore
 from .plan import MAX_READ, ZERO, Extent, PlanTotals, plan
 from .resume import ResumeToken
 from .spool import RangeSpool
-from .stream import Header, StreamWriter, Totals, VolumeRef, encode_data, encode_zero
+from .stream import Header, StreamDigest, StreamWriter, Totals, VolumeRef, encode_data, encode_zero
 from .thindelta import Delta, DeltaRange, check_version, thin_delta
 
 ZERO_GRAIN = 64 * 1024  # finest unit at which all-zero data is sent as ZERO
@@ -59,7 +59,7 @@ class DumpResult:
     plan: PlanTotals
     seconds: float
     header: Header | None = None  # None in a dry run
-    sha256: str | None = None
+    digest: StreamDigest | None = None
     totals: Totals | None = None
 
 
@@ -170,7 +170,7 @@ def dump(
         writer = StreamWriter(out, header)
         extents = _plan(ranges, chunk, new_lv, base_lv, opt)
         send(extents, new_dev, writer, opt, report, total=planned.read_bytes + planned.zero_bytes)
-        result.sha256 = writer.close()
+        result.digest = writer.close()
         result.header, result.totals = header, writer.totals
         result.seconds = time.monotonic() - started
         return result

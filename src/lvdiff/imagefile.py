@@ -26,7 +26,7 @@ from .errors import BaseMismatch, LvdiffError, UsageError, VerifyFailed
 from .events import Note, Progress, Reporter, ignore
 from .lineage import check_recorded
 from .restore import DEFAULT_WORKERS, write_records
-from .stream import Header, Record, StreamReader, Totals
+from .stream import Header, Record, StreamDigest, StreamReader, Totals
 from .writer import ChunkWriter, TargetKind
 
 XATTR = "user.lvdiff.identity"
@@ -38,7 +38,7 @@ class FileResult:
     target: str
     header: Header
     totals: Totals
-    sha256: str
+    digest: StreamDigest | None
     base_checked: str
     verified_level: int
     reflinked: bool
@@ -99,7 +99,7 @@ def restore_to_file(
             str(image),
             h,
             reader.totals,
-            reader.sha256 or "",
+            reader.digest,
             checked,
             h.detect_level if fp else 0,
             reflinked,

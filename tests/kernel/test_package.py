@@ -3,7 +3,7 @@
 scripts/test builds it (scripts/build-deb) before this suite; the guest's /usr
 and /var are throwaway overlays, so installing it there changes nothing on
 the host.  Its tools run on Debian's python3 with Debian's python3-zstandard
-(0.20) and python3-tqdm, not the checkout's virtualenv.
+(0.20), python3-xxhash (3.2) and python3-tqdm, not the checkout's virtualenv.
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ def test_debian_package_installs_and_runs_the_seed_example():
     try:
         assert os.path.exists("/usr/share/man/man1/lvpatch.1.gz")
         assert os.path.exists("/usr/share/bash-completion/completions/lvdiff")
-        where = sh("/usr/bin/python3", "-c", "import lvdiff, zstandard; print(lvdiff.__file__)")
+        where = sh(
+            "/usr/bin/python3", "-c", "import lvdiff, xxhash, zstandard; print(lvdiff.__file__)"
+        )
         assert where.startswith("/usr/lib/python3/dist-packages/lvdiff/")
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
         res = subprocess.run(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -14,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import xxhash
 
 from lvdiff import fingerprint as fpr
 from lvdiff.imagefile import XATTR
@@ -103,13 +103,14 @@ def test_check_and_dump_read_a_stream_without_applying_it(open_dir):
     assert res.returncode == 0, res.stderr.decode()
     assert "incremental stream of src/n from src/b" in out and "Author: BigVan" in out
     assert "NEW identity id-1" in out and "BASE identity id-0" in out
-    assert f"{hashlib.sha256(data).hexdigest()}  {f}" in out  # what sha256sum prints
+    assert f"XXH128 ({f}) = {xxhash.xxh3_128(data).hexdigest()}" in out  # xxh128sum --tag
     res = lvpatch("--dump", stdin=data)
     lines = [ln for ln in res.stdout.decode().splitlines() if ln.startswith(("DATA", "ZERO"))]
     assert res.returncode == 0 and len(lines) == 2 and "stored      65536" in lines[0]
     res = lvpatch("--check", "--json", stdin=data)
     obj = json.loads(res.stdout)
-    assert obj["version"] == 1 and obj["action"] == "check" and obj["complete"] is True
+    assert obj["version"] == 2 and obj["action"] == "check" and obj["complete"] is True
+    assert obj["stream_digest"] == f"xxh128:{xxhash.xxh3_128(data).hexdigest()}"
     assert obj["new"]["identity"] == "id-1" and obj["records"] == {"data": 2, "zero": 0}
     res = lvpatch("--check", stdin=data[:-10])  # cut
     err = res.stderr.decode().strip()

@@ -21,7 +21,7 @@ from ..events import Event, Note, Progress
 from ..fingerprint import describe_level
 from ..resume import ResumeToken
 
-JSON_VERSION = 1  # of the --json summaries; a new key is compatible, a changed one bumps it
+JSON_VERSION = 2  # of the --json summaries; a new key is compatible, a changed one bumps it
 
 EXIT_CODES = """\
 exit status:

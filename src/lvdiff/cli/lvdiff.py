@@ -116,7 +116,7 @@ def summary(res: DumpResult) -> dict[str, Any]:
         "bytes": {"data": t.data_bytes, "zero": t.zero_bytes, "stored": t.stored_bytes}
         if t
         else None,
-        "stream_sha256": res.sha256,
+        "stream_digest": str(res.digest) if res.digest else None,
         "seconds": round(res.seconds, 3),
         "read_mib_per_s": c.rate(res.plan.read_bytes, res.seconds) if t else None,
     }
@@ -190,7 +190,8 @@ def lvdiff_main(argv: Sequence[str] | None = None) -> int:
                 f"{t.stored_bytes} stored), {t.zero_records} zero ranges ({t.zero_bytes} bytes)",
                 file=sys.stderr,
             )
-            print(f"{result.sha256}  {where}", file=sys.stderr)
+            if result.digest:
+                print(result.digest.tag_line(where), file=sys.stderr)
         c.emit_json(json_to, "lvdiff", summary(result))
         return 0
 

@@ -194,7 +194,7 @@ def summary(res: ApplyResult | FileResult, seconds: float) -> dict[str, Any]:
         "base": {"name": h.base.name, "identity": h.base.identity} if h.base else None,
         "bytes": {"written": t.data_bytes, "zeroed": t.zero_bytes, "stored": t.stored_bytes},
         "records": {"data": t.data_records, "zero": t.zero_records},
-        "stream_sha256": res.sha256,
+        "stream_digest": str(res.digest) if res.digest else None,
         "base_check": res.base_checked or None,
         "verified_level": res.verified_level,
         "read_only": getattr(res, "read_only", None),
@@ -221,7 +221,7 @@ def check_summary(res: CheckResult) -> dict[str, Any]:
         "meta": [list(kv) for kv in h.meta],
         "records": {"data": t.data_records, "zero": t.zero_records},
         "bytes": {"data": t.data_bytes, "zero": t.zero_bytes, "stored": t.stored_bytes},
-        "stream_sha256": res.sha256,
+        "stream_digest": str(res.digest),
     }
 
 
@@ -330,7 +330,8 @@ def lvpatch_main(argv: Sequence[str] | None = None) -> int:
             )
         console.close()
         print(outcome(res), file=sys.stderr)
-        print(f"{res.sha256}  stream", file=sys.stderr)
+        if res.digest:
+            print(res.digest.tag_line("stream"), file=sys.stderr)
         c.emit_json(json_to, "lvpatch", summary(res, time.monotonic() - started))
         return 0
 
@@ -361,7 +362,8 @@ def _without_lvm(
             )
         console.close()
         print(outcome(res), file=sys.stderr)
-        print(f"{res.sha256}  stream", file=sys.stderr)
+        if res.digest:
+            print(res.digest.tag_line("stream"), file=sys.stderr)
         c.emit_json(json_to, "lvpatch", summary(res, time.monotonic() - started))
         return 0
     from ..check import check_stream
@@ -382,6 +384,6 @@ def _without_lvm(
             f"stored), {t.zero_records} zero ranges ({t.zero_bytes} bytes)",
             file=out,
         )
-        print(f"{res.sha256}  {args.input or '-'}", file=out)
+        print(res.digest.tag_line(args.input or "-"), file=out)
     c.emit_json(json_to, "lvpatch", check_summary(res))
     return 0

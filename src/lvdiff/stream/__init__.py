@@ -1,4 +1,4 @@
-"""The lvdiff stream format, version 2.0: a writer and a validating reader.
+"""The lvdiff stream format, version 3.0: a writer and a validating reader.
 
 The byte layout is specified in ``docs/FORMAT.md``; this package is its only
 implementation, so the two must change together.  Like :mod:`zipfile`, the
@@ -7,13 +7,14 @@ one typed header (:mod:`.header`), one writer class (:mod:`.writer`) and one
 reader class (:mod:`.reader`).
 
 The reader is the security boundary of ``lvpatch``.  The END record carries
-counts and a SHA-256 of everything before it, so truncation, reordering and
+counts and a digest of everything before it (:mod:`.checksums`), so truncation, reordering and
 splicing of two streams are caught too, although a consumer only learns that
 after it has applied the earlier records; callers that need all-or-nothing
 semantics must write into a scratch volume (``lvpatch`` writes into a new
 snapshot).
 """
 
+from .checksums import StreamDigest
 from .header import Header, VolumeRef, check_identity
 from .layout import (
     MAGIC,
@@ -46,6 +47,7 @@ __all__ = [
     "Record",
     "Pending",
     "Totals",
+    "StreamDigest",
     "check_identity",
     "encode_data",
     "encode_zero",

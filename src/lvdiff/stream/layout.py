@@ -11,8 +11,10 @@ import struct
 import zlib
 
 MAGIC = b"\x89LVDIFF\n"
-VERSION = (2, 0)
-READABLE_MAJORS = (1, 2)  # 1.x streams (listed fingerprint offsets, no identities) still restore
+VERSION = (3, 0)
+# 1.x streams (listed fingerprint offsets, no identities) and 2.x (CRC-32 and SHA-256,
+# see .checksums) still restore
+READABLE_MAJORS = (1, 2, 3)
 
 SECTOR = 512
 MAX_DATA_LEN = 16 * 1024 * 1024
@@ -34,7 +36,6 @@ PREAMBLE = struct.Struct(">8sHHI")
 CRC = struct.Struct(">I")
 RECORD = struct.Struct(">BBHIQQII")
 RECORD_BODY_LEN = 28  # the part of the record header covered by its own CRC
-END_PAYLOAD = struct.Struct(">QQQQQ32s")
 
 TRUNCATED = "stream ends before its END record: incomplete or truncated"
 

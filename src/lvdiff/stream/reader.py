@@ -18,11 +18,10 @@ from typing import BinaryIO
 import zstandard
 
 from ..errors import CorruptStream, StreamError, TruncatedStream, UnsupportedStream
-from .digest import BackgroundSha256
+from .checksums import BY_MAJOR, LEGACY, Checksums, StreamDigest
 from .header import Header
 from .layout import (
     CRC,
-    END_PAYLOAD,
     KNOWN_FLAGS,
     MAGIC,
     MAX_DATA_LEN,
@@ -80,7 +79,8 @@ class Pending:
     length: int
     payload: bytes | None  # stored bytes; None for ZERO
     zstd: bool
-    payload_crc: int = 0
+    payload_check: int = 0
+    checksums: Checksums = LEGACY
 
     @property
     def end(self) -> int:
@@ -89,14 +89,14 @@ class Pending:
     def resolve(self) -> Record:
         """The record with its data, after the checks of its payload (CorruptStream).
 
-        The payload's CRC first, then its zstd frame: the parts of a record's
+        The payload's check first, then its zstd frame: the parts of a record's
         checks that cost time in proportion to its size, so they run where
         the caller likes (a worker thread) rather than in the reading thread.
         """
         data = self.payload
         if data is not None:
             what = f"DATA record at offset {self.offset}"
-            if crc32(data) != self.payload_crc:
+            if self.checksums.payload(data) != self.payload_check:
                 raise CorruptStream(f"payload checksum mismatch in the {what}")
             if self.zstd:
                 data = _decompress(data, self.length, what)
@@ -110,17 +110,16 @@ class StreamReader:
     caller can inspect :attr:`header` (e.g. find the base volume) before any
     record is read.  Iteration yields each record only after all its checks
     passed, and ends normally only after a valid END followed by end of file;
-    then :attr:`totals` and :attr:`sha256` describe the whole stream.
+    then :attr:`totals` and :attr:`digest` describe the whole stream.
     """
 
     def __init__(self, fp: BinaryIO) -> None:
         self._fp = fp
-        self._hash = BackgroundSha256()
         self._next_offset = 0
         self._counts = [0, 0, 0, 0, 0]
         self._started = False
         self._pos = 0  # bytes consumed, for error messages
-        self.sha256: str | None = None
+        self.digest: StreamDigest | None = None
         self.complete = False
         self.version, self.header = self._read_header()
         # A resumed stream may not reach back before its resume point.
@@ -182,9 +181,8 @@ class StreamReader:
         if crc32(preamble + raw) != crc:
             raise CorruptStream("header checksum mismatch")
         header = Header.from_json(raw, (major, minor))
-        self._hash.update(preamble)
-        self._hash.update(raw)
-        self._hash.update(CRC.pack(crc))
+        self._checks = BY_MAJOR[major]
+        self._hash = self._checks.hasher(preamble + raw + CRC.pack(crc))
         return (major, minor), header
 
     # -- records
@@ -247,7 +245,7 @@ class StreamReader:
 
     def _read_payload(self, stored: int, pcrc: int, what: str) -> bytes:
         payload = self._read_exact(stored, f"inside the payload of the {what}")
-        if crc32(payload) != pcrc:
+        if self._checks.payload(payload) != pcrc:
             raise CorruptStream(f"payload checksum mismatch in the {what}")
         return payload
 
@@ -271,7 +269,7 @@ class StreamReader:
         self._counts[0] += 1
         self._counts[2] += length
         self._counts[4] += stored
-        return Pending(RecordType.DATA, offset, length, payload, compressed, pcrc)
+        return Pending(RecordType.DATA, offset, length, payload, compressed, pcrc, self._checks)
 
     def _read_zero(
         self, raw: bytes, flags: int, stored: int, offset: int, length: int, pcrc: int
@@ -297,10 +295,11 @@ class StreamReader:
         self, raw: bytes, flags: int, stored: int, offset: int, length: int, pcrc: int
     ) -> None:
         before_end = self._hash.digest()
-        if offset or length or stored != END_PAYLOAD.size or flags & RecordFlag.ZSTD:
+        layout = self._checks.end_payload
+        if offset or length or stored != layout.size or flags & RecordFlag.ZSTD:
             raise CorruptStream("END record is malformed")
         payload = self._read_payload(stored, pcrc, "END record")
-        *counts, digest = END_PAYLOAD.unpack(payload)
+        *counts, digest = layout.unpack(payload)
         if digest != before_end:
             raise CorruptStream(
                 "stream checksum in END does not match: the stream was altered or spliced"
@@ -313,5 +312,5 @@ class StreamReader:
             raise CorruptStream("unexpected data after the END record")
         self._hash.update(raw)
         self._hash.update(payload)
-        self.sha256 = self._hash.hexdigest()
+        self.digest = self._checks.digest(self._hash)
         self.complete = True

@@ -13,6 +13,7 @@ from typing import BinaryIO
 
 import zstandard
 
+from .checksums import CURRENT
 from .layout import (
     CRC,
     MAX_DATA_LEN,
@@ -59,7 +60,8 @@ class Totals:
 def record_header(
     rtype: int, flags: int, payload: bytes | memoryview, offset: int, length: int
 ) -> bytes:
-    body = RECORD.pack(rtype, flags, 0, len(payload), offset, length, crc32(payload), 0)
+    check = CURRENT.payload(payload)
+    body = RECORD.pack(rtype, flags, 0, len(payload), offset, length, check, 0)
     body = body[:RECORD_BODY_LEN]
     return body + CRC.pack(crc32(body))
 

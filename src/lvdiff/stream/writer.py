@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import BinaryIO
 
-from .digest import BackgroundSha256
+from .checksums import CURRENT, StreamDigest
 from .header import Header
 from .layout import (
     CRC,
-    END_PAYLOAD,
     MAGIC,
     PREAMBLE,
     RECORD,
@@ -35,10 +34,10 @@ class StreamWriter:
         head += CRC.pack(crc32(head))
         self._fp = fp
         self.header = header
-        self._hash = BackgroundSha256(head)
+        self._hash = CURRENT.hasher(head)
         self._next_offset = header.resume_offset or 0
         self._counts = [0, 0, 0, 0, 0]
-        self.sha256: str | None = None
+        self.digest: StreamDigest | None = None
         write_all(fp, head)
 
     @property
@@ -47,7 +46,7 @@ class StreamWriter:
 
     @property
     def closed(self) -> bool:
-        return self.sha256 is not None
+        return self.digest is not None
 
     def write_record(self, record: bytes | memoryview) -> None:
         """Append a record made by encode_data or encode_zero.
@@ -81,22 +80,22 @@ class StreamWriter:
             self._counts[1] += 1
             self._counts[3] += length
 
-    def close(self) -> str:
-        """Write END, flush, and return the hex SHA-256 of the whole stream.
+    def close(self) -> StreamDigest:
+        """Write END, flush, and return the digest of the whole stream.
 
-        The digest is over every byte including END, i.e. what ``sha256sum``
+        The digest is over every byte including END, i.e. what ``xxh128sum``
         prints for the file, so users can compare it with a copy.  The file
         object is flushed but not closed: the caller opened it.
         """
-        if self.sha256 is not None:
-            return self.sha256
-        payload = END_PAYLOAD.pack(*self._counts, self._hash.digest())
+        if self.digest is not None:
+            return self.digest
+        payload = CURRENT.end_payload.pack(*self._counts, self._hash.digest())
         end = record_header(RecordType.END, 0, payload, 0, 0) + payload
         write_all(self._fp, end)
         self._fp.flush()
         self._hash.update(end)
-        self.sha256 = self._hash.hexdigest()
-        return self.sha256
+        self.digest = CURRENT.digest(self._hash)
+        return self.digest
 
     def __enter__(self) -> StreamWriter:
         return self

@@ -349,17 +349,17 @@ class DirTarget:
             "base_identity": h.base.identity if h.base else None,
             "kind": h.kind,
             "size": h.volume_size,
-            "sha256": result.sha256,
+            "digest": str(result.digest),
             "tags": list(what.tags),
             "written": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
         streams = self.manifest() + [entry]
         tmp = self.path / ".manifest.json.tmp"
-        tmp.write_text(json.dumps({"version": 1, "streams": streams}, indent=1) + "\n")
+        tmp.write_text(json.dumps({"version": 2, "streams": streams}, indent=1) + "\n")
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.rename(tmp, self.path / "manifest.json")
-        return {"target": str(final), "stream_sha256": result.sha256, "kind": h.kind}
+        return {"target": str(final), "stream_digest": str(result.digest), "kind": h.kind}
 
     def remove(self, name: str, required_tags: tuple[str, ...]) -> None:
         raise LvdiffError("streams in a dir: target are never pruned (a chain needs them all)")
