@@ -106,6 +106,22 @@ class BlockDevice:
         except OSError as e:
             raise _io_error(e, "read error on", self.path, offset) from None
 
+    def read_into(self, offset: int, buf: memoryview) -> None:
+        """Fill ``buf`` from ``offset``; a short read inside the device is an error.
+
+        Reading into a buffer the caller reuses saves a fresh allocation per
+        read, and with it a page fault per 4 KiB of data.
+        """
+        done, length = 0, buf.nbytes
+        try:
+            while done < length:
+                got = os.preadv(self.fd, [buf[done:]], offset + done)
+                if not got:
+                    raise DeviceError(f"{self.path}: unexpected end at byte {offset + done}")
+                done += got
+        except OSError as e:
+            raise _io_error(e, "read error on", self.path, offset + done) from None
+
     def read_once(self, offset: int, length: int) -> bytes:
         """Read, then drop the pages: a backup must not evict a server's working set."""
         data = self.read(offset, length)

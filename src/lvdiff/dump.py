@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -27,7 +28,7 @@ from .events import Note, Progress, Reporter, ignore
 from .plan import MAX_READ, ZERO, Extent, PlanTotals, plan
 from .resume import ResumeToken
 from .spool import RangeSpool
-from .stream import Header, StreamDigest, StreamWriter, Totals, VolumeRef, encode_data, encode_zero
+from .stream import Header, StreamDigest, StreamWriter, Totals, VolumeRef, data_record, encode_zero
 from .thindelta import Delta, DeltaRange, check_version, thin_delta
 
 ZERO_GRAIN = 64 * 1024  # finest unit at which all-zero data is sent as ZERO
@@ -274,26 +275,60 @@ def _point_in_time(stack: ExitStack, lv: lvm.LV, side: str) -> lvm.LV:
     return lv
 
 
+Encoded = tuple[bytes, bytes | memoryview]  # a record's header (or all of it), its payload
+
+
 def encode_extent(
-    offset: int, data: bytes, zstd_level: int | None, grain: int = ZERO_GRAIN
-) -> list[bytes]:
-    """Records for one read: runs of all-zero grains become ZERO records."""
-    zero = bytes(grain)
-    out: list[bytes] = []
-    n = len(data)
-    i = 0
-    while i < n:
-        is_zero = data[i : i + grain] == zero[: min(grain, n - i)]
+    offset: int,
+    buf: bytes | bytearray,
+    zstd_level: int | None,
+    start: int = 0,
+    length: int | None = None,
+    grain: int = ZERO_GRAIN,
+) -> list[Encoded]:
+    """Records for ``buf[start:start+length]``, read from ``offset``: all-zero grains become ZERO.
+
+    Raw payloads are views of ``buf``, which must not change until they are written.
+    """
+    zero = memoryview(bytes(grain))
+    out: list[Encoded] = []
+    end = len(buf) if length is None else start + length
+    view = memoryview(buf)
+    i = start
+    while i < end:
+        # startswith compares in place: slicing would copy every byte once more
+        is_zero = buf.startswith(zero[: min(grain, end - i)], i)
         j = i + grain
-        while j < n and (data[j : j + grain] == zero[: min(grain, n - j)]) == is_zero:
+        while j < end and buf.startswith(zero[: min(grain, end - j)], j) == is_zero:
             j += grain
-        j = min(j, n)
+        j = min(j, end)
+        at = offset + i - start
         if is_zero:
-            out.append(encode_zero(offset + i, j - i))
+            out.append((encode_zero(at, j - i), b""))
         else:
-            out.append(encode_data(offset + i, memoryview(data)[i:j], zstd_level))
+            out.append(data_record(at, view[i:j], zstd_level))
         i = j
     return out
+
+
+class _Buffers:
+    """Read buffers reused from batch to batch (see BlockDevice.read_into).
+
+    As many exist as batches are in flight, which send() bounds.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._free: list[bytearray] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> bytearray:
+        with self._lock:
+            return self._free.pop() if self._free else bytearray(self.size)
+
+    def give(self, buf: bytearray) -> None:
+        with self._lock:
+            self._free.append(buf)
 
 
 def send(
@@ -311,21 +346,31 @@ def send(
     read ahead of the writer stays under AHEAD_BYTES whatever the extents.
     """
     done = 0
+    buffers = _Buffers(MAX_READ)
+    Batch = tuple[list[Encoded], bytearray | None]
 
-    def work(batch: list[Extent]) -> list[bytes]:
-        records: list[bytes] = []
+    def work(batch: list[Extent]) -> Batch:
+        records: list[Encoded] = []
+        buf = buffers.take()
+        at = 0
         for e in batch:
-            records += encode_extent(e.offset, dev.read_once(e.offset, e.length), opt.zstd_level)
-        return records
+            dev.read_into(e.offset, memoryview(buf)[at : at + e.length])
+            dev.drop_cache(e.offset, e.length)
+            records += encode_extent(e.offset, buf, opt.zstd_level, at, e.length)
+            at += e.length
+        return records, buf
 
-    def emit(item: Future[list[bytes]] | list[bytes], volume_bytes: int) -> None:
+    def emit(item: Future[Batch] | Batch, volume_bytes: int) -> None:
         nonlocal done
-        for rec in item.result() if isinstance(item, Future) else item:
-            writer.write_record(rec)
+        records, buf = item.result() if isinstance(item, Future) else item
+        for head, payload in records:
+            writer.write_record(head, payload)
+        if buf is not None:
+            buffers.give(buf)
         done += volume_bytes
         report(Progress(done, total))
 
-    queue: deque[tuple[Future[list[bytes]] | list[bytes], int]] = deque()
+    queue: deque[tuple[Future[Batch] | Batch, int]] = deque()
     ahead = 0
     batch: list[Extent] = []
     batched = 0
@@ -349,7 +394,7 @@ def send(
         for e in extents:
             if e.kind == ZERO:
                 submit()
-                queue.append(([encode_zero(e.offset, e.length)], e.length))
+                queue.append((([(encode_zero(e.offset, e.length), b"")], None), e.length))
             else:
                 if batched + e.length > MAX_READ or len(batch) >= 256:
                     submit()

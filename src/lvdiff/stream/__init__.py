@@ -28,7 +28,7 @@ from .layout import (
     RecordType,
 )
 from .reader import Pending, StreamReader
-from .records import Record, Totals, encode_data, encode_zero
+from .records import Record, Totals, data_record, encode_data, encode_zero
 from .text import escape_for_terminal
 from .writer import StreamWriter
 
@@ -49,6 +49,7 @@ __all__ = [
     "Totals",
     "StreamDigest",
     "check_identity",
+    "data_record",
     "encode_data",
     "encode_zero",
     "escape_for_terminal",

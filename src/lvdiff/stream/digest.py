@@ -1,11 +1,11 @@
 """The SHA-256 of a format 1 or 2 stream, computed by a helper thread as the bytes go by.
 
 One SHA-256 over every byte of the stream is the one part of reading such a
-stream that cannot be spread over workers (format 3 uses XXH3, see .checksums).  hashlib releases the GIL for
-buffers over 2 KiB, so a helper thread that hashes while the caller reads,
-checks and writes takes that pass off the caller's critical path: the
-caller only hands buffers over (no copies of large ones; small ones are
-gathered first, in order).
+stream that cannot be spread over workers (format 3 uses XXH3, see
+.checksums).  hashlib releases the GIL for buffers over 2 KiB, so a helper
+thread that hashes while the caller reads, checks and writes takes that pass
+off the caller's critical path: the caller only hands buffers over (no
+copies of large ones; small ones are gathered first, in order).
 """
 
 from __future__ import annotations

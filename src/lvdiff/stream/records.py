@@ -92,9 +92,19 @@ def _compressor(level: int) -> zstandard.ZstdCompressor:
     return cctx
 
 
-def encode_data(offset: int, data: bytes | memoryview, level: int | None = 3) -> bytes:
-    """Complete DATA record bytes (header and payload) for ``data`` at ``offset``.
+def encode_data(offset: int, data: bytes | bytearray | memoryview, level: int | None = 3) -> bytes:
+    """Complete DATA record bytes (header and payload) for ``data`` at ``offset``."""
+    return b"".join(data_record(offset, data, level))
 
+
+def data_record(
+    offset: int, data: bytes | bytearray | memoryview, level: int | None = 3
+) -> tuple[bytes, bytes | memoryview]:
+    """A DATA record for ``data`` at ``offset``, as its header and its payload.
+
+    The two stay apart so that a raw payload is written from the buffer it
+    was read into: joining them copies every byte into a fresh allocation,
+    whose page faults cost more than the rest of the uncompressed path.
     Compressed with zstd at ``level`` unless ``level`` is None; the compressed
     form is kept only when it is smaller, so incompressible blocks cost no
     decompression on restore.  Thread-safe: dump compresses in worker threads
@@ -111,7 +121,7 @@ def encode_data(offset: int, data: bytes | memoryview, level: int | None = 3) ->
         packed = _compressor(level).compress(view)
         if len(packed) < length:
             payload, flags = packed, RecordFlag.ZSTD
-    return b"".join((record_header(RecordType.DATA, flags, payload, offset, length), payload))
+    return record_header(RecordType.DATA, flags, payload, offset, length), payload
 
 
 def encode_zero(offset: int, length: int) -> bytes:

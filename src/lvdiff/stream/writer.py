@@ -48,8 +48,10 @@ class StreamWriter:
     def closed(self) -> bool:
         return self.digest is not None
 
-    def write_record(self, record: bytes | memoryview) -> None:
-        """Append a record made by encode_data or encode_zero.
+    def write_record(
+        self, record: bytes | memoryview, payload: bytes | bytearray | memoryview = b""
+    ) -> None:
+        """Append a record made by encode_data or encode_zero, or data_record's two parts.
 
         Raises ValueError on misuse (out of order, overlapping, beyond the
         volume, not a DATA/ZERO record) before writing anything.
@@ -62,7 +64,7 @@ class StreamWriter:
         rtype, _flags, _res, stored, offset, length, _pcrc, hcrc = RECORD.unpack_from(view)
         if crc32(view[:RECORD_BODY_LEN]) != hcrc:
             raise ValueError("record header checksum mismatch: not made by encode_data/zero")
-        if view.nbytes != RECORD.size + stored:
+        if view.nbytes + len(payload) != RECORD.size + stored:
             raise ValueError("record length does not match its header")
         if rtype not in (RecordType.DATA, RecordType.ZERO):
             raise ValueError(f"write_record accepts DATA and ZERO records, not type {rtype:#04x}")
@@ -71,6 +73,9 @@ class StreamWriter:
             raise ValueError(f"record {problem}")
         write_all(self._fp, view)
         self._hash.update(view)
+        if payload:
+            write_all(self._fp, payload)
+            self._hash.update(payload)
         self._next_offset = offset + length
         if rtype == RecordType.DATA:
             self._counts[0] += 1
