@@ -1,8 +1,8 @@
 """Check a stream without applying it: what ``lvpatch --check`` and ``--list`` do.
 
 Like ``zstream dump`` or ``btrfs receive --dump``: every record is read and
-checked completely (CRCs, order and bounds, zstd frames and their
-checksums, END's counts and SHA-256), and nothing is written anywhere, so
+checked completely (checksums, order and bounds, zstd frames and their
+checksums, END's counts and digest), and nothing is written anywhere, so
 a stream file can be proved intact long before it is needed, without root.
 """
 

@@ -18,7 +18,7 @@ from typing import BinaryIO
 import zstandard
 
 from ..errors import CorruptStream, StreamError, TruncatedStream, UnsupportedStream
-from .checksums import BY_MAJOR, LEGACY, Checksums, StreamDigest
+from .checksums import BY_MAJOR, CURRENT, Checksums, StreamDigest
 from .header import Header
 from .layout import (
     CRC,
@@ -80,7 +80,7 @@ class Pending:
     payload: bytes | None  # stored bytes; None for ZERO
     zstd: bool
     payload_check: int = 0
-    checksums: Checksums = LEGACY
+    checksums: Checksums = CURRENT  # of the stream's version, which the reader passes
 
     @property
     def end(self) -> int:
@@ -281,7 +281,7 @@ class StreamReader:
         self._next_offset = offset + length
         self._counts[1] += 1
         self._counts[3] += length
-        return Pending(RecordType.ZERO, offset, length, None, False)
+        return Pending(RecordType.ZERO, offset, length, None, False, 0, self._checks)
 
     def _skip_unknown(self, raw: bytes, rtype: int, stored: int, pcrc: int) -> None:
         what = f"skippable record of type {rtype:#04x}"
