@@ -180,15 +180,6 @@ class BlockDevice:
             self._sync_failed = str(err)
             raise err from None
 
-    def start_writeback(self, offset: int, length: int) -> None:
-        """Start writing a range to the device without waiting, and forget it once written.
-
-        On Linux, POSIX_FADV_DONTNEED starts write-back of the range's dirty
-        pages and drops its clean ones.  Errors surface at the next fsync, as
-        they would have; a restore does not evict the server's working set.
-        """
-        os.posix_fadvise(self.fd, offset, length, os.POSIX_FADV_DONTNEED)
-
     def drop_cache(self, offset: int = 0, length: int = 0) -> None:
         """Forget cached pages (all by default).
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from lvdiff.plan import DATA, ZERO, Extent, plan
 from lvdiff.thindelta import Delta, DeltaRange
-from lvdiff.writer import WRITE_BEHIND, ChunkWriter, TargetKind
+from lvdiff.writer import ChunkWriter, TargetKind
 
 K = 64 * 1024
 
@@ -58,9 +58,6 @@ class ThinModel:
         self.data = bytearray(content)
         self.rdev = None
         self.reads = 0
-
-    def start_writeback(self, off: int, n: int) -> None:
-        pass  # the kernel's business: contents do not change
 
     def read(self, off: int, n: int) -> bytes:
         self.reads += n
@@ -175,9 +172,6 @@ def test_partial_chunks_cost_a_bounded_amount_of_memory():
         def write(self, off: int, data) -> None:
             pass
 
-        def start_writeback(self, off: int, n: int) -> None:
-            pass
-
     tracemalloc.start()
     try:
         w = ChunkWriter(Sparse(), thin(1 << 30))
@@ -196,32 +190,3 @@ def test_a_pool_that_zeroes_new_chunks_needs_no_read_modify_write():
     w.data(chunk + 512, os.urandom(512))
     w.finish()
     assert dev.reads == 0
-
-
-def test_write_back_starts_a_window_behind_the_newest_writes():
-    """Write-back of a restore is started as it goes, never ahead of what was written."""
-
-    class Recorder:
-        size, rdev = 1 << 30, None
-
-        def __init__(self) -> None:
-            self.high = 0
-            self.started: list[tuple[int, int]] = []
-
-        def write(self, off: int, data) -> None:
-            self.high = max(self.high, off + len(data))
-
-        def start_writeback(self, off: int, n: int) -> None:
-            assert off + n <= self.high - WRITE_BEHIND, "write-back started too close"
-            self.started.append((off, n))
-
-    dev = Recorder()
-    w = ChunkWriter(dev, TargetKind.plain())
-    block = bytes(4 << 20)
-    for off in range(0, 200 << 20, len(block)):
-        w.data(off, block)
-    w.finish()
-    spans = dev.started
-    assert spans and spans[0][0] == 0
-    assert all(a + n == b for (a, n), (b, _) in zip(spans, spans[1:], strict=False))  # no gaps
-    assert spans[-1][0] + spans[-1][1] >= (200 << 20) - 2 * WRITE_BEHIND
