@@ -276,6 +276,8 @@ def _point_in_time(stack: ExitStack, lv: lvm.LV, side: str) -> lvm.LV:
 
 
 Encoded = tuple[bytes, bytes | memoryview]  # a record's header (or all of it), its payload
+Batch = tuple[list[Encoded], bytearray | None]  # a batch's records, and the buffer they view
+_ZEROS = memoryview(bytes(ZERO_GRAIN))  # made once: encode_extent runs once per extent
 
 
 def encode_extent(
@@ -284,13 +286,12 @@ def encode_extent(
     zstd_level: int | None,
     start: int = 0,
     length: int | None = None,
-    grain: int = ZERO_GRAIN,
 ) -> list[Encoded]:
     """Records for ``buf[start:start+length]``, read from ``offset``: all-zero grains become ZERO.
 
     Raw payloads are views of ``buf``, which must not change until they are written.
     """
-    zero = memoryview(bytes(grain))
+    grain, zero = ZERO_GRAIN, _ZEROS
     out: list[Encoded] = []
     end = len(buf) if length is None else start + length
     view = memoryview(buf)
@@ -347,7 +348,6 @@ def send(
     """
     done = 0
     buffers = _Buffers(MAX_READ)
-    Batch = tuple[list[Encoded], bytearray | None]
 
     def work(batch: list[Extent]) -> Batch:
         records: list[Encoded] = []

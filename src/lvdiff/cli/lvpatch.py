@@ -328,22 +328,29 @@ def lvpatch_main(argv: Sequence[str] | None = None) -> int:
                 report=console,
                 announce=lambda h: print(f"lvpatch: {describe_header(h)}", file=sys.stderr),
             )
-        console.close()
-        print(outcome(res), file=sys.stderr)
-        if res.digest:
-            print(res.digest.tag_line("stream"), file=sys.stderr)
-        c.emit_json(json_to, "lvpatch", summary(res, time.monotonic() - started))
+        _restored(res, console, json_to, started)
         return 0
 
     return c.run("lvpatch", body, console, need_root=not file_mode)
+
+
+def _restored(
+    res: ApplyResult | FileResult, console: c.Console, json_to: str | None, started: float
+) -> None:
+    """What a restore reports, onto a volume or into an image file alike."""
+    import time
+
+    console.close()
+    print(outcome(res), file=sys.stderr)
+    if res.digest:
+        print(res.digest.tag_line("stream"), file=sys.stderr)
+    c.emit_json(json_to, "lvpatch", summary(res, time.monotonic() - started))
 
 
 def _without_lvm(
     args: argparse.Namespace, console: c.Console, json_to: str | None, started: float
 ) -> int:
     """--check, --list and --to-file: no root, no LVM."""
-    import time
-
     if args.vg or args.lv or args.pool or args.name or args.in_place or args.resume:
         raise UsageError("--check, --dump and --to-file take no -g/-l/-p/NAME/--in-place/--resume")
     if args.from_file and args.to_file is None:
@@ -360,11 +367,7 @@ def _without_lvm(
                 report=console,
                 **({"workers": args.workers} if args.workers else {}),
             )
-        console.close()
-        print(outcome(res), file=sys.stderr)
-        if res.digest:
-            print(res.digest.tag_line("stream"), file=sys.stderr)
-        c.emit_json(json_to, "lvpatch", summary(res, time.monotonic() - started))
+        _restored(res, console, json_to, started)
         return 0
     from ..check import check_stream
 
