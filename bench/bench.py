@@ -168,7 +168,7 @@ def child_patch(stream: str, target: str, workers: str) -> None:
     from lvdiff.stream import StreamReader
     from lvdiff.writer import ChunkWriter, TargetKind
 
-    with open(stream, "rb") as f, BlockDevice(target, writable=True) as dev:
+    with open(stream, "rb") as f, BlockDevice(target, writable=True, direct_writes=True) as dev:
         reader = StreamReader(f)
         writer = ChunkWriter(dev, TargetKind(4096, thin=False, fresh=True))  # a new sparse file
         write_records(reader, writer, workers=int(workers))

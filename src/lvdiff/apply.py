@@ -140,7 +140,7 @@ class _Apply:
                 lvm.set_tags(t, remove=tags.with_prefix(t.tags, tags.IDENTITY_PREFIX))
             with (
                 _pool_full_is_named(self.target),
-                BlockDevice(path, writable=True, exclusive=True) as dev,
+                BlockDevice(path, writable=True, exclusive=True, direct_writes=True) as dev,
             ):
                 if dev.size < self.h.volume_size:
                     raise UsageError(

@@ -15,6 +15,7 @@ import stat
 import struct
 from pathlib import Path
 
+from .directio import DirectWriter, WriteFailed
 from .errors import LvdiffError
 
 BLKGETSIZE64 = 0x80081272
@@ -52,9 +53,22 @@ def _punch_hole(fd: int, offset: int, length: int) -> bool:
 
 
 class BlockDevice:
-    """An open block device (or, for tests and --in-place, a regular file)."""
+    """An open block device (or, for tests and --in-place, a regular file).
 
-    def __init__(self, path: str, writable: bool = False, exclusive: bool = False) -> None:
+    ``direct_writes``: aligned writes bypass the page cache (see directio),
+    a few in flight at once; every other call first waits for them, so reads,
+    discards and flushes see them done.  The rest goes through the cache;
+    Linux keeps the two coherent (a direct write flushes and invalidates the
+    cached pages it covers).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        writable: bool = False,
+        exclusive: bool = False,
+        direct_writes: bool = False,
+    ) -> None:
         self.path = path
         flags = os.O_RDWR if writable else os.O_RDONLY
         if exclusive:
@@ -76,8 +90,12 @@ class BlockDevice:
             self.size = struct.unpack("Q", buf)[0]
         else:
             self.size = st.st_size
+        self._direct = DirectWriter.open(path, self.fd) if writable and direct_writes else None
 
     def close(self) -> None:
+        if self._direct:
+            self._direct.close()
+            self._direct = None
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -90,6 +108,7 @@ class BlockDevice:
 
     def read(self, offset: int, length: int) -> bytes:
         """Exactly ``length`` bytes; a short read inside the device is an error."""
+        self._settle()
         try:
             data = os.pread(self.fd, length, offset)
             if len(data) == length:
@@ -112,6 +131,7 @@ class BlockDevice:
         Reading into a buffer the caller reuses saves a fresh allocation per
         read, and with it a page fault per 4 KiB of data.
         """
+        self._settle()
         done, length = 0, buf.nbytes
         try:
             while done < length:
@@ -129,7 +149,16 @@ class BlockDevice:
         return data
 
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
-        view = memoryview(data)
+        view = memoryview(data).cast("B")
+        if self._direct and self._direct.takes(offset, len(view)):
+            try:
+                if self._direct.write(offset, view):
+                    return
+            except WriteFailed as e:
+                raise _io_error(e.error, "write error on", self.path, e.offset) from None
+            self._direct.close()  # the open was taken, the first write refused
+            self._direct = None
+        self._settle()
         done = 0
         try:
             while done < len(view):
@@ -137,7 +166,16 @@ class BlockDevice:
         except OSError as e:
             raise _io_error(e, "write error on", self.path, offset + done) from None
 
+    def _settle(self) -> None:
+        """Wait for direct writes in flight; raise (every time) if one failed."""
+        if self._direct:
+            try:
+                self._direct.settle()
+            except WriteFailed as e:
+                raise _io_error(e.error, "write error on", self.path, e.offset) from None
+
     def discard(self, offset: int, length: int) -> None:
+        self._settle()
         try:
             fcntl.ioctl(self.fd, BLKDISCARD, struct.pack("QQ", offset, length))
         except OSError as e:
@@ -148,6 +186,7 @@ class BlockDevice:
 
         A regular file gets zeros written, a slice at a time.
         """
+        self._settle()
         if not self.is_block:
             if _punch_hole(self.fd, offset, length):
                 return
@@ -171,6 +210,7 @@ class BlockDevice:
         data never reached the disk.  A caller that retried (or recorded a
         durable point after "succeeding") would believe lost data was safe.
         """
+        self._settle()
         if self._sync_failed:
             raise DeviceError(f"an earlier flush of {self.path} failed: {self._sync_failed}")
         try:
@@ -186,6 +226,7 @@ class BlockDevice:
         After writing, so verification reads what reached the device; after a
         one-pass read, so a backup does not evict a server's working set.
         """
+        self._settle()
         os.posix_fadvise(self.fd, offset, length, os.POSIX_FADV_DONTNEED)
 
     def _queue_attr(self, name: str) -> int:

@@ -75,7 +75,7 @@ def restore_to_file(
             with open(tmp, "xb"):
                 pass
         os.truncate(tmp, h.volume_size)
-        with BlockDevice(str(tmp), writable=True) as dev:
+        with BlockDevice(str(tmp), writable=True, direct_writes=True) as dev:
             kind = TargetKind(4096, thin=False, fresh=base is None)
             writer = ChunkWriter(dev, kind, fill_from=h.base_size if base is not None else None)
 

@@ -46,7 +46,7 @@ def stream(blocks: list[bytes], size: int) -> tuple[bytes, bytes, list[int]]:
 
 def restore(data: bytes, path, workers: int = 3) -> list[int]:
     seen: list[int] = []
-    with BlockDevice(str(path), writable=True) as dev:
+    with BlockDevice(str(path), writable=True, direct_writes=True) as dev:
         writer = ChunkWriter(dev, TargetKind.plain(), fill_from=0)
         try:
             write_records(
