@@ -152,12 +152,10 @@ class BlockDevice:
         view = memoryview(data).cast("B")
         if self._direct and self._direct.takes(offset, len(view)):
             try:
-                if self._direct.write(offset, view):
-                    return
+                self._direct.write(offset, view)
             except WriteFailed as e:
                 raise _io_error(e.error, "write error on", self.path, e.offset) from None
-            self._direct.close()  # the open was taken, the first write refused
-            self._direct = None
+            return
         self._settle()
         done = 0
         try:

@@ -39,20 +39,23 @@ class WriteFailed(Exception):
 class DirectWriter:
     """O_DIRECT writes to one file or device, for one caller thread.
 
-    ``cached_fd`` (the caller's own descriptor) finishes a write the device
-    cut short, which O_DIRECT may do at a boundary it dislikes.
+    ``cached_fd`` (the caller's own descriptor) takes what O_DIRECT refuses:
+    a write the device cut short off alignment, or every write once one
+    failed with EINVAL (a file system that takes the open but not the write,
+    or wants a coarser alignment than ours).
     """
 
     def __init__(self, fd: int, cached_fd: int) -> None:
         self.fd, self.cached_fd = fd, cached_fd
         self._free = deque(memoryview(mmap.mmap(-1, SLICE)) for _ in range(DEPTH))  # page-aligned
         self._inflight: deque[tuple[memoryview, Future[None]]] = deque()
-        self._io: ThreadPoolExecutor | None = None  # started once direct writes are proven
+        self._io = ThreadPoolExecutor(1, thread_name_prefix="lvdiff-direct-io")
         self._failed: WriteFailed | None = None
+        self.refused = False  # O_DIRECT said EINVAL once: the cache takes the rest
 
     @classmethod
     def open(cls, path: str, cached_fd: int) -> DirectWriter | None:
-        """None where O_DIRECT is refused (some FUSE and network file systems)."""
+        """None where O_DIRECT is refused at open (some FUSE and network file systems)."""
         try:
             # Not O_EXCL: the caller's descriptor holds any claim, and a second
             # exclusive open of the same device would fail with EBUSY.
@@ -64,33 +67,16 @@ class DirectWriter:
     def takes(offset: int, length: int) -> bool:
         return length > 0 and (offset | length) % ALIGN == 0
 
-    def write(self, offset: int, data: memoryview) -> bool:
-        """Queue ``data`` for ``offset``; False (nothing written) if the file takes no O_DIRECT.
-
-        Some file systems accept the open but fail the first write with
-        EINVAL; that first write is made in the caller's thread to find out.
-        """
+    def write(self, offset: int, data: memoryview) -> None:
+        """Queue ``data`` for ``offset`` (it may be reused at once); raise if a write failed."""
         self._check()
         done = 0
         while done < len(data):
             n = min(SLICE, len(data) - done)
             buf = self._buffer()
             buf[:n] = data[done : done + n]
-            if self._io is None:
-                try:
-                    self._write(buf[:n], offset + done)
-                except WriteFailed as e:
-                    self._free.append(buf)
-                    if e.error.errno == errno.EINVAL:  # the open was taken, the write not
-                        return False
-                    self._failed = e
-                    raise
-                self._free.append(buf)
-                self._io = ThreadPoolExecutor(1, thread_name_prefix="lvdiff-direct-io")
-            else:
-                self._inflight.append((buf, self._io.submit(self._write, buf[:n], offset + done)))
+            self._inflight.append((buf, self._io.submit(self._write, buf[:n], offset + done)))
             done += n
-        return True
 
     def settle(self) -> None:
         """Wait for every queued write; raise the first that failed (again, on every call)."""
@@ -102,8 +88,7 @@ class DirectWriter:
         """Wait for the writes in flight, without reporting: ``settle`` is what reports."""
         with suppress(WriteFailed):
             self.settle()
-        if self._io:
-            self._io.shutdown()
+        self._io.shutdown()
         self._free.clear()  # the buffers go with their last view (a kept error may hold one)
         os.close(self.fd)
 
@@ -132,10 +117,14 @@ class DirectWriter:
         done = 0
         try:
             while done < len(view):
-                got = os.pwrite(self.fd, view[done:], offset + done)
-                done += got
-                if done % ALIGN:  # cut short off alignment: finish through the cache
-                    while done < len(view):
-                        done += os.pwrite(self.cached_fd, view[done:], offset + done)
+                if done % ALIGN == 0 and not self.refused:
+                    try:
+                        done += os.pwrite(self.fd, view[done:], offset + done)
+                        continue
+                    except OSError as e:
+                        if e.errno != errno.EINVAL:
+                            raise
+                        self.refused = True
+                done += os.pwrite(self.cached_fd, view[done:], offset + done)
         except OSError as e:
             raise WriteFailed(e, offset + done) from None

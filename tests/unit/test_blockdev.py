@@ -51,10 +51,31 @@ def test_a_failed_direct_write_fails_every_later_call(tmp_path):
     with BlockDevice(str(path), writable=True, direct_writes=True) as dev:
         if dev._direct is None:
             pytest.skip(f"{tmp_path} takes no O_DIRECT")
-        dev.write(0, os.urandom(M))  # the first write proves O_DIRECT; later ones are queued
-        dev.write(1 << 50, os.urandom(M))  # past any file size: fails in the I/O thread
+        dev.write(0, os.urandom(M))  # queued for the I/O thread, like every direct write
+        dev.write(1 << 50, os.urandom(M))  # past ext4's 16 TiB: fails in the I/O thread
         for _ in range(2):  # reported, and reported again: nothing is durable after it
             with pytest.raises(DeviceError, match=f"write error on {path} at byte {1 << 50}"):
                 dev.sync()
         with pytest.raises(DeviceError):
             dev.read(0, 4096)
+
+
+def test_writes_o_direct_refuses_go_through_the_cache(tmp_path, monkeypatch):
+    import lvdiff.directio
+
+    # An alignment no file system takes stands for one coarser than ours.
+    monkeypatch.setattr(lvdiff.directio, "ALIGN", 4)
+    path = tmp_path / "image"
+    path.write_bytes(bytes(M))
+    data = os.urandom(2 * DIRECT_ALIGN)
+    with BlockDevice(str(path), writable=True, direct_writes=True) as dev:
+        if dev._direct is None:
+            pytest.skip(f"{tmp_path} takes no O_DIRECT")
+        dev.write(100, data)  # EINVAL from O_DIRECT, then written through the cache
+        dev.write(3 * DIRECT_ALIGN, data)
+        dev.sync()
+        assert dev._direct.refused
+    want = bytearray(M)
+    want[100 : 100 + len(data)] = data
+    want[3 * DIRECT_ALIGN : 3 * DIRECT_ALIGN + len(data)] = data
+    assert path.read_bytes() == want
