@@ -13,6 +13,8 @@ import fcntl
 import os
 import stat
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .directio import DirectWriter, WriteFailed
@@ -151,10 +153,8 @@ class BlockDevice:
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data).cast("B")
         if self._direct and self._direct.takes(offset, len(view)):
-            try:
+            with self._direct_errors():
                 self._direct.write(offset, view)
-            except WriteFailed as e:
-                raise _io_error(e.error, "write error on", self.path, e.offset) from None
             return
         self._settle()
         done = 0
@@ -167,10 +167,16 @@ class BlockDevice:
     def _settle(self) -> None:
         """Wait for direct writes in flight; raise (every time) if one failed."""
         if self._direct:
-            try:
+            with self._direct_errors():
                 self._direct.settle()
-            except WriteFailed as e:
-                raise _io_error(e.error, "write error on", self.path, e.offset) from None
+
+    @contextmanager
+    def _direct_errors(self) -> Iterator[None]:
+        """A direct write that failed, even one queued earlier, as the error at its offset."""
+        try:
+            yield
+        except WriteFailed as e:
+            raise _io_error(e.error, "write error on", self.path, e.offset) from None
 
     def discard(self, offset: int, length: int) -> None:
         self._settle()

@@ -61,10 +61,8 @@ def test_a_failed_direct_write_fails_every_later_call(tmp_path):
 
 
 def test_writes_o_direct_refuses_go_through_the_cache(tmp_path, monkeypatch):
-    import lvdiff.directio
-
     # An alignment no file system takes stands for one coarser than ours.
-    monkeypatch.setattr(lvdiff.directio, "ALIGN", 4)
+    monkeypatch.setattr("lvdiff.directio.ALIGN", 4)
     path = tmp_path / "image"
     path.write_bytes(bytes(M))
     data = os.urandom(2 * DIRECT_ALIGN)
