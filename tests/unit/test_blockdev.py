@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import resource
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -45,16 +49,33 @@ def test_unaligned_writes_take_the_cache(tmp_path):
     assert path.read_bytes() == want
 
 
+@contextmanager
+def file_size_limit(limit: int) -> Iterator[None]:
+    """Writes past ``limit`` fail with EFBIG, on any file system (RLIMIT_FSIZE)."""
+    old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, not a killed process
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, old_limit[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+        signal.signal(signal.SIGXFSZ, old_handler)
+
+
 def test_a_failed_direct_write_fails_every_later_call(tmp_path):
     path = tmp_path / "image"
     path.write_bytes(bytes(M))
-    with BlockDevice(str(path), writable=True, direct_writes=True) as dev:
+    past = 256 * M
+    with (
+        BlockDevice(str(path), writable=True, direct_writes=True) as dev,
+        file_size_limit(128 * M),
+    ):
         if dev._direct is None:
             pytest.skip(f"{tmp_path} takes no O_DIRECT")
         dev.write(0, os.urandom(M))  # queued for the I/O thread, like every direct write
-        dev.write(1 << 50, os.urandom(M))  # past ext4's 16 TiB: fails in the I/O thread
+        dev.write(past, os.urandom(M))  # fails in the I/O thread, with EFBIG
         for _ in range(2):  # reported, and reported again: nothing is durable after it
-            with pytest.raises(DeviceError, match=f"write error on {path} at byte {1 << 50}"):
+            with pytest.raises(DeviceError, match=f"write error on {path} at byte {past}"):
                 dev.sync()
         with pytest.raises(DeviceError):
             dev.read(0, 4096)
