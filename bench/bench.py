@@ -16,7 +16,6 @@ usage: bench.py [--size MIB] [--ranges N] [--quick] [--json FILE] [--dir DIR]
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
@@ -132,19 +131,31 @@ def interleaved(runs: int, theirs, ours):  # noqa: ANN001, ANN201 - a tiny helpe
 
 
 def child_dump(
-    src: str, out: str, level: str, workers: str, extents_file: str = "", report: bool = True
+    src: str,
+    out: str,
+    level: str,
+    workers: str,
+    extents_file: str = "",
+    report: bool = True,
+    digest: str = "sha256",
 ) -> None:
-    """lvdiff's data path: read, detect zeros, compress, frame, hash, write."""
+    """lvdiff's data path: read, detect zeros, compress, frame, hash, write.
+
+    ``digest`` is lvdiff's --digest: sha256 (its default) digests the output
+    as the command does, in a helper thread; xxh128 is the stream's own.
+    """
     from lvdiff.blockdev import BlockDevice
     from lvdiff.dump import DumpOptions, send
     from lvdiff.plan import plan
     from lvdiff.spool import RangeSpool
+    from lvdiff.stream import Digest, HashingWriter
     from lvdiff.thindelta import Delta, DeltaRange, DeltaStream
 
     started = time.perf_counter()  # imports are part of Python's start
 
     opt = DumpOptions(zstd_level=None if level == "none" else int(level), workers=int(workers))
-    with BlockDevice(src) as dev, open(out, "wb") as f:
+    with BlockDevice(src) as dev, open(out, "wb") as raw:
+        f = HashingWriter(raw, Digest.SHA256) if digest == "sha256" else raw
         if extents_file:  # a synthetic thin_delta output, parsed and spooled as lvdiff does
             with open(extents_file, "rb") as x:
                 delta = DeltaStream(iter(lambda: x.read(1 << 16), b""))
@@ -155,23 +166,25 @@ def child_dump(
         send(plan(ranges, CHUNK, dev.size, None), dev, w, opt)
         w.close()
         f.flush()
+        if isinstance(f, HashingWriter):
+            f.digest()  # the line lvdiff prints waits for it
         if out != os.devnull:
-            os.fsync(f.fileno())
+            os.fsync(raw.fileno())
     if report:
         peak_rss_report(started)
 
 
-def child_patch(stream: str, target: str, workers: str) -> None:
-    """lvpatch's data path: read, check, decompress, write, flush."""
+def child_patch(stream: str, target: str, workers: str, digest: str = "sha256") -> None:
+    """lvpatch's data path: read, check, decompress, write, flush; digest as --digest does."""
     from lvdiff.blockdev import BlockDevice
     from lvdiff.restore import write_records
-    from lvdiff.stream import StreamReader
+    from lvdiff.stream import Digest, StreamReader
     from lvdiff.writer import ChunkWriter, TargetKind
 
     started = time.perf_counter()  # imports are part of Python's start
 
     with open(stream, "rb") as f, BlockDevice(target, writable=True, direct_writes=True) as dev:
-        reader = StreamReader(f)
+        reader = StreamReader(f, Digest(digest))
         writer = ChunkWriter(dev, TargetKind(4096, thin=False, fresh=True))  # a new sparse file
         write_records(reader, writer, workers=int(workers))
         writer.finish()
@@ -197,7 +210,7 @@ def child_preads(src: str, extents_file: str) -> None:
     peak_rss_report(started)
 
 
-def _writer(f: io.BufferedWriter, size: int):
+def _writer(f, size: int):  # noqa: ANN001 - a file, or a HashingWriter around one
     from lvdiff.stream import Header, StreamWriter, VolumeRef
 
     h = Header(
@@ -253,7 +266,7 @@ def pipelines(work: Path, size: int, workers: int) -> list[dict]:
     q = shlex.quote
     streams = {level: work / f"stream-{level}" for level in ("3", "none")}
     for level, path in streams.items():  # lvpatch's inputs, made untimed
-        child_dump(str(src), str(path), level, str(workers), report=False)
+        child_dump(str(src), str(path), level, str(workers), report=False, digest="xxh128")
     zst = work / "source.zst"
     subprocess.run(["zstd", "-3", "-T0", "-q", "-f", str(src), "-o", str(zst)], check=True)
     target = work / "target"
@@ -280,9 +293,35 @@ def pipelines(work: Path, size: int, workers: int) -> list[dict]:
             lambda: shell(f"cat {q(str(src))} > /dev/null"),
             "cat > /dev/null",
         ),
+        # where SHA-256 is the limit: the same with the stream's own digest, and
+        # against sha256sum itself (one core's SHA-256 of the same bytes)
+        (
+            "lvdiff, no compression, xxh128",
+            lambda: ours("_dump", str(src), os.devnull, "none", str(workers), "", "1", "xxh128"),
+            lambda: shell(f"cat {q(str(src))} > /dev/null"),
+            "cat > /dev/null",
+        ),
+        (
+            "lvdiff, no compression",
+            lambda: ours("_dump", str(src), os.devnull, "none", str(workers)),
+            lambda: shell(f"sha256sum {q(str(src))} > /dev/null"),
+            "sha256sum",
+        ),
         (
             "lvpatch, zstd stream",
             into_fresh_target(lambda: ours("_patch", str(streams["3"]), str(target), str(workers))),
+            into_fresh_target(
+                lambda: shell(
+                    f"zstd -d -q -f {q(str(zst))} -o {q(str(target))} && sync {q(str(target))}"
+                )
+            ),
+            "zstd -d into the target, sync",
+        ),
+        (
+            "lvpatch, zstd stream, xxh128",
+            into_fresh_target(
+                lambda: ours("_patch", str(streams["3"]), str(target), str(workers), "xxh128")
+            ),
             into_fresh_target(
                 lambda: shell(
                     f"zstd -d -q -f {q(str(zst))} -o {q(str(target))} && sync {q(str(target))}"

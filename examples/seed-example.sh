@@ -9,7 +9,7 @@ export PATH=${LVDIFF_BIN:-$PWD/.venv/bin}:$PATH
 img=${LVDIFF_RIG_IMAGES:?run me through rig/run.py}
 step() { printf '\n$ %s\n' "$*"; "$@"; }
 
-rm -f "$img/test.diff"  # lvdiff -o never overwrites: start from a clean scratch area
+rm -f "$img/test.diff" "$img/test.diff.sha256" "$img/lvdiff.err"  # a clean scratch area
 truncate -s 1G "$img/1G.disk.0" "$img/1G.disk.1"
 loop0=$(losetup -f --show "$img/1G.disk.0")
 loop1=$(losetup -f --show "$img/1G.disk.1")
@@ -19,7 +19,8 @@ cleanup() {
     umount "$img/mnt/vg0/vol0" "$img/mnt/vg1/vol0" 2>/dev/null
     vgremove -q -ff -y vg0 vg1 >/dev/null 2>&1
     losetup -d "$loop0" "$loop1"
-    rm -f "$img/1G.disk.0" "$img/1G.disk.1" "$img/test.diff"
+    rm -f "$img/1G.disk.0" "$img/1G.disk.1" "$img/test.diff" "$img/test.diff.sha256" \
+        "$img/lvdiff.err"
     exit "$rc"
 }
 trap cleanup EXIT
@@ -34,9 +35,15 @@ step mkfs.ext4 -q /dev/vg0/vol0
 mkdir -p "$img/mnt/vg0/vol0" "$img/mnt/vg1/vol0"
 step mount /dev/vg0/vol0 "$img/mnt/vg0/vol0"
 echo "hello world" >"$img/mnt/vg0/vol0/hello"
-step lvdiff -g vg0 --pair 'Author:BigVan (alpc_metic@live.com)' --pair 'Message: hello world' \
-    sp0 vol0 -o "$img/test.diff"
-step sha256sum "$img/test.diff"
+cd "$img"
+# as the README types it; its digest line goes to stderr, kept here to check the file by
+printf '\n$ %s\n' "lvdiff -g vg0 --pair 'Author:BigVan (alpc_metic@live.com)' --pair 'Message: hello world' sp0 vol0 > test.diff"
+lvdiff -g vg0 --pair 'Author:BigVan (alpc_metic@live.com)' --pair 'Message: hello world' \
+    sp0 vol0 >test.diff 2>lvdiff.err
+cat lvdiff.err
+grep '^SHA256 (test.diff) = ' lvdiff.err >test.diff.sha256
+step sha256sum test.diff
+step sha256sum -c test.diff.sha256
 umount "$img/mnt/vg0/vol0"
 
 echo
@@ -45,7 +52,8 @@ step pvcreate -q "$loop1"
 step vgcreate -q vg1 "$loop1"
 step lvcreate -q --thinpool vg1/pool0 -l 100%FREE
 step lvcreate -q -T vg1/pool0 -V 500M -n sp0
-step lvpatch -g vg1 -l sp0 <"$img/test.diff"
+printf '\n$ %s\n' "cat test.diff | lvpatch -g vg1 -l sp0"
+cat test.diff | lvpatch -g vg1 -l sp0
 step lvs -o lv_name,lv_attr,lv_size,pool_lv,origin,lv_tags vg1
 step mount /dev/vg1/vol0 "$img/mnt/vg1/vol0"      # read-only: it stays the copy of vol0
 printf '\n$ cat hello   # on the restored vg1/vol0\n'

@@ -25,11 +25,18 @@ from typing import BinaryIO
 from . import fingerprint as fpr
 from . import lineage, lvm, tags
 from .blockdev import BlockDevice, DeviceError
-from .errors import BaseMismatch, LvdiffError, StreamError, UsageError, VerifyFailed
+from .errors import (
+    BaseMismatch,
+    DigestMismatch,
+    LvdiffError,
+    StreamError,
+    UsageError,
+    VerifyFailed,
+)
 from .events import Note, Progress, Reporter, ignore
 from .restore import DEFAULT_WORKERS, write_records
 from .resume import ResumeToken
-from .stream import Header, Record, StreamDigest, StreamReader, Totals
+from .stream import Digest, Header, Record, StreamDigest, StreamReader, Totals
 from .writer import ChunkWriter, TargetKind
 
 
@@ -43,6 +50,8 @@ class ApplyOptions:
     checkpoint_bytes: int = 1 << 30  # resumable: make progress durable this often
     workers: int = DEFAULT_WORKERS  # threads that decompress and check records
     tags: tuple[str, ...] = ()  # more LVM tags for the restored volume (lvsync marks its own)
+    digest: Digest | None = None  # of the stream's bytes, for the result (None: its own)
+    expect_digest: StreamDigest | None = None  # refuse, before commit, a stream that differs
 
 
 @dataclass
@@ -71,7 +80,7 @@ def apply_stream(
     ``announce`` is given the stream's header once it is read, before LVM is touched.
     """
     opt = options or ApplyOptions()
-    reader = StreamReader(inp)
+    reader = StreamReader(inp, opt.digest, opt.expect_digest)
     if announce:
         announce(reader.header)
     job = _Apply(reader, lvm.check_name(vg, "VG name"), base, pool, name, opt, report)
@@ -154,7 +163,7 @@ class _Apply:
                 label,
                 self.h,
                 self.reader.totals,
-                self.reader.digest,
+                self.reader.file_digest,
                 self.base_checked,
                 self.h.detect_level if self.h.new_fingerprint else 0,
                 read_only,
@@ -341,8 +350,9 @@ class _Apply:
         try:
             write_records(self.reader, writer, workers=opt.workers, on_record=on_record)
             writer.finish()
-        except (StreamError, DeviceError, KeyboardInterrupt):
-            if opt.resumable or opt.resume:
+        except (StreamError, DeviceError, KeyboardInterrupt) as e:
+            # a stream that is not the recorded one gives nothing worth resuming
+            if (opt.resumable or opt.resume) and not isinstance(e, DigestMismatch):
                 self._keep_for_resume(writer, dev, applied)
             raise
         dev.sync()

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from .stream import Header, Pending, StreamDigest, StreamReader, Totals
+from .stream import Digest, Header, Pending, StreamDigest, StreamReader, Totals
 
 
 @dataclass(frozen=True)
@@ -20,20 +20,25 @@ class CheckResult:
     header: Header
     version: tuple[int, int]
     totals: Totals
-    digest: StreamDigest  # of the whole stream, as xxh128sum (sha256sum before 3.0) prints it
+    digest: StreamDigest  # of the whole file, as sha256sum (or xxh128sum) prints it
 
 
 def check_stream(
-    fp: BinaryIO, on_record: Callable[[Pending], None] = lambda _p: None
+    fp: BinaryIO,
+    on_record: Callable[[Pending], None] = lambda _p: None,
+    digest: Digest | None = None,
+    expect_digest: StreamDigest | None = None,
 ) -> CheckResult:
     """Read and check every record; StreamError (exit status 3) at the first fault.
 
     ``on_record`` hears each record (with its stored size) once it passed
-    every check, in order.
+    every check, in order.  ``digest`` picks the digest of the result (None:
+    the stream's own); a stream whose digest is not ``expect_digest`` is
+    refused (DigestMismatch, exit status 3).
     """
-    reader = StreamReader(fp)
+    reader = StreamReader(fp, digest, expect_digest)
     for pending in reader.pending():
         pending.resolve()  # payload check, zstd frame, decompressed size and checksum
         on_record(pending)
-    assert reader.complete and reader.digest is not None
-    return CheckResult(reader.header, reader.version, reader.totals, reader.digest)
+    assert reader.complete and reader.file_digest is not None
+    return CheckResult(reader.header, reader.version, reader.totals, reader.file_digest)

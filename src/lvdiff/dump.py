@@ -365,8 +365,8 @@ def send(
         records, buf = item.result() if isinstance(item, Future) else item
         for head, payload in records:
             writer.write_record(head, payload)
-        if buf is not None:
-            buffers.give(buf)
+        if buf is not None:  # raw payloads are views of it: refill it once they are out
+            writer.after_written(lambda: buffers.give(buf))
         done += volume_bytes
         report(Progress(done, total))
 

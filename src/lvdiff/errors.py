@@ -31,6 +31,10 @@ class CorruptStream(StreamError):
     """A checksum, length, order or bounds check failed."""
 
 
+class DigestMismatch(CorruptStream):
+    """The stream is intact but is not the one whose digest the operator recorded."""
+
+
 class UnsupportedStream(StreamError):
     """A newer major version or an unknown mandatory record."""
 

@@ -26,7 +26,7 @@ from .errors import BaseMismatch, LvdiffError, UsageError, VerifyFailed
 from .events import Note, Progress, Reporter, ignore
 from .lineage import check_recorded
 from .restore import DEFAULT_WORKERS, write_records
-from .stream import Header, Record, StreamDigest, StreamReader, Totals
+from .stream import Digest, Header, Record, StreamDigest, StreamReader, Totals
 from .writer import ChunkWriter, TargetKind
 
 XATTR = "user.lvdiff.identity"
@@ -52,9 +52,14 @@ def restore_to_file(
     base_check: bool = True,
     workers: int = DEFAULT_WORKERS,
     report: Reporter = ignore,
+    digest: Digest | None = None,
+    expect_digest: StreamDigest | None = None,
 ) -> FileResult:
-    """Build ``image`` from a stream (and, for an incremental one, the image ``base``)."""
-    reader = StreamReader(inp)
+    """Build ``image`` from a stream (and, for an incremental one, the image ``base``).
+
+    ``digest`` and ``expect_digest`` are StreamReader's ``file_digest`` and ``expect``.
+    """
+    reader = StreamReader(inp, digest, expect_digest)
     h = reader.header
     if h.resume_offset is not None:
         raise UsageError("a resume stream continues an lvpatch -s target, not an image file")
@@ -99,7 +104,7 @@ def restore_to_file(
             str(image),
             h,
             reader.totals,
-            reader.digest,
+            reader.file_digest,
             checked,
             h.detect_level if fp else 0,
             reflinked,

@@ -176,6 +176,7 @@ def tool(
     stdin_file: Path | None = None,
     stdout_file: Path | None = None,
     env: dict[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run the lvdiff or lvpatch command as a user would, with one thin_delta generation."""
     env = {**os.environ, "LVDIFF_THIN_DELTA": thin_tool(generation, "thin_delta"), **(env or {})}
@@ -185,6 +186,7 @@ def tool(
         return subprocess.run(
             [str(BIN / name), *map(str, args)],
             env=env,
+            cwd=cwd,
             check=False,
             input=stdin,
             stdin=inp if stdin is None else None,

@@ -7,14 +7,15 @@ about what lvpatch does with a stream, so it runs once.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 import re
+import subprocess
 import tempfile
 
 import pytest
-import xxhash
 
 from lvdiff.stream import StreamReader
 
@@ -50,16 +51,22 @@ def test_seed_example_mounted_volume(loop_vg):
             "url:http://x:8080/y",
             "sp0",
             "vol0",
-            stdout_file=diff_file,
+            stdout_file=diff_file,  # `> test.diff`, in the folder it is typed in
+            cwd=IMAGES,
         )
         assert res.returncode == 0, res.stderr.decode()
     finally:
         sh("umount", mnt)
     stderr = res.stderr.decode()
-    digest = xxhash.xxh3_128(diff_file.read_bytes()).hexdigest()
     data = diff_file.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    # the line sha256sum --tag prints for test.diff, which sha256sum -c accepts
+    line = f"SHA256 (test.diff) = {digest}"
+    assert re.search(rf"^{re.escape(line)}$", stderr, re.M), stderr
+    assert sh("sha256sum", diff_file).split()[0] == digest
+    check = subprocess.run(["sha256sum", "-c"], input=line + "\n", cwd=IMAGES, text=True)
+    assert check.returncode == 0
     diff_file.unlink()  # the scratch area is shared with later tests
-    assert re.search(rf"^XXH128 \(-\) = {digest}$", stderr, re.M), stderr  # xxh128sum --tag
     # temporary snapshot gone, metadata snapshot released, sp0 back to inactive
     assert lv_names(vg0.name) == {"pool0", "vol0", "sp0"}
     assert vg0.held_metadata_root("pool0") == "-"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -176,6 +177,9 @@ def test_to_a_directory_then_the_whole_chain_restored(loop_vg):
         time.sleep(1.1)
     manifest = json.loads((store / "manifest.json").read_text())["streams"]
     assert [s["kind"] for s in manifest] == ["full"] + ["incremental"] * 4
+    for s in manifest:  # each stream's SHA-256 is kept, to check it by
+        digest = hashlib.sha256((store / s["file"]).read_bytes()).hexdigest()
+        assert s["digest"] == f"sha256:{digest}"
     # a dry run says what it would send, and changes nothing
     change(rnd, vol, 16 * M)
     before = ours(src.name)

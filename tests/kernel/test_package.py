@@ -37,6 +37,7 @@ def test_debian_package_installs_and_runs_the_seed_example():
         )
         assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
         assert "restored vg1/vol0 holds the hello file" in res.stdout
-        assert "$ lvpatch -g vg1 -l sp0" in res.stdout and "hello world" in res.stdout
+        assert "| lvpatch -g vg1 -l sp0" in res.stdout and "hello world" in res.stdout
+        assert "test.diff: OK" in res.stdout  # sha256sum -c of the line lvdiff printed
     finally:
         sh("dpkg", "--no-triggers", "-r", "lvdiff", check=False)

@@ -54,6 +54,15 @@ def test_help_documents_exit_codes():
     assert "NOT ATOMIC" in run("lvpatch_main", "--help").stdout
 
 
+def test_help_says_which_digest_is_printed_and_why():
+    for main in ("lvdiff_main", "lvpatch_main"):
+        text = " ".join(run(main, "--help").stdout.split())
+        assert "--digest {sha256,xxh128,none}" in text and "sha256sum --tag" in text
+    text = " ".join(run("lvdiff_main", "--help").stdout.split())
+    assert "sha256 (default)" in text and "someone who can alter the file" in text
+    assert "--expect-digest ALG:HEX" in " ".join(run("lvpatch_main", "--help").stdout.split())
+
+
 def test_describe_escapes_stream_text():
     h = Header(
         kind="full",

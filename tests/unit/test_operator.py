@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -103,14 +104,19 @@ def test_check_and_dump_read_a_stream_without_applying_it(open_dir):
     assert res.returncode == 0, res.stderr.decode()
     assert "incremental stream of src/n from src/b" in out and "Author: BigVan" in out
     assert "NEW identity id-1" in out and "BASE identity id-0" in out
-    assert f"XXH128 ({f}) = {xxhash.xxh3_128(data).hexdigest()}" in out  # xxh128sum --tag
+    sha = hashlib.sha256(data).hexdigest()
+    assert f"SHA256 ({f}) = {sha}" in out  # sha256sum --tag, by default
+    res = lvpatch("--check", "--digest", "xxh128", "-i", f)
+    assert f"XXH128 ({f}) = {xxhash.xxh3_128(data).hexdigest()}" in res.stdout.decode()
+    res = lvpatch("--check", "--digest", "none", "-i", f)
+    assert res.returncode == 0 and " = " not in res.stdout.decode()
     res = lvpatch("--dump", stdin=data)
     lines = [ln for ln in res.stdout.decode().splitlines() if ln.startswith(("DATA", "ZERO"))]
     assert res.returncode == 0 and len(lines) == 2 and "stored      65536" in lines[0]
     res = lvpatch("--check", "--json", stdin=data)
     obj = json.loads(res.stdout)
     assert obj["version"] == 2 and obj["action"] == "check" and obj["complete"] is True
-    assert obj["stream_digest"] == f"xxh128:{xxhash.xxh3_128(data).hexdigest()}"
+    assert obj["stream_digest"] == f"sha256:{sha}"
     assert obj["new"]["identity"] == "id-1" and obj["records"] == {"data": 2, "zero": 0}
     res = lvpatch("--check", stdin=data[:-10])  # cut
     err = res.stderr.decode().strip()

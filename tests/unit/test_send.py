@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import random
 
@@ -10,7 +11,15 @@ import pytest
 from lvdiff.blockdev import BlockDevice
 from lvdiff.dump import ZERO_GRAIN, DumpOptions, encode_extent, send
 from lvdiff.plan import DATA, MAX_READ, Extent
-from lvdiff.stream import Header, RecordType, StreamReader, StreamWriter, VolumeRef
+from lvdiff.stream import (
+    Digest,
+    HashingWriter,
+    Header,
+    RecordType,
+    StreamReader,
+    StreamWriter,
+    VolumeRef,
+)
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -85,10 +94,12 @@ def test_send_reuses_read_buffers_without_mixing_their_data(tmp_path, workers, l
         compression="none" if level is None else "zstd",
         detect_level=0,
     )
+    hashed = HashingWriter(out, Digest.SHA256)  # reads raw payloads after they are written
     with BlockDevice(str(src)) as dev:
-        writer = StreamWriter(out, header)
+        writer = StreamWriter(hashed, header)
         send(extents, dev, writer, DumpOptions(zstd_level=level, workers=workers))
         digest = writer.close()
+    assert hashed.digest().hex == hashlib.sha256(out.getvalue()).hexdigest()
     out.seek(0)
     reader = StreamReader(out)
     rebuilt = bytearray(size)

@@ -20,6 +20,7 @@ from ..errors import LvdiffError, UsageError
 from ..events import Event, Note, Progress
 from ..fingerprint import describe_level
 from ..resume import ResumeToken
+from ..stream.digest import Digest, StreamDigest
 
 JSON_VERSION = 2  # of the --json summaries; a new key is compatible, a changed one bumps it
 
@@ -98,6 +99,35 @@ def add_common(p: argparse.ArgumentParser, version: str) -> None:
         "and stdout is free (keys in the README)",
     )
     p.add_argument("--version", action="version", version=version)
+
+
+DIGEST_HELP = (
+    "which digest of the stream's bytes to print on stderr, as `sha256sum --tag` (or "
+    "`xxh128sum --tag`) prints it, so `sha256sum -c` checks a stored copy: sha256 "
+    "(default) is the one to record and compare out of band, since only a cryptographic "
+    "digest means anything against someone who can alter the file; xxh128 is the "
+    "stream's own, free to compute, that catches accidents only; none prints nothing"
+)
+
+
+def add_digest(p: argparse.ArgumentParser, text: str = DIGEST_HELP) -> None:
+    p.add_argument(
+        "--digest",
+        choices=[*(d.value for d in Digest), "none"],
+        default=Digest.SHA256.value,
+        help=text,
+    )
+
+
+def chosen_digest(name: str) -> Digest | None:
+    return None if name == "none" else Digest(name)
+
+
+def expected_digest(text: str) -> StreamDigest:
+    try:
+        return StreamDigest.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def add_workers(p: argparse.ArgumentParser, text: str) -> None:

@@ -7,11 +7,12 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from .. import __version__
 from ..errors import UsageError
 from ..lvm import parse_lv_spec
+from ..stream.digest import Digest, HashingWriter, StreamDigest
 from . import common as c
 
 if TYPE_CHECKING:
@@ -65,6 +66,7 @@ def lvdiff_parser() -> argparse.ArgumentParser:
         "stream (with -v on stderr, with --json as JSON)",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="say what was (or would be) sent")
+    c.add_digest(p)
     p.add_argument(
         "--compress",
         type=c.compression,
@@ -86,8 +88,8 @@ def lvdiff_parser() -> argparse.ArgumentParser:
     return p
 
 
-def summary(res: DumpResult) -> dict[str, Any]:
-    """The --json object (documented in the README)."""
+def summary(res: DumpResult, digest: StreamDigest | None) -> dict[str, Any]:
+    """The --json object (documented in the README); ``digest`` is the one printed."""
     t = res.totals
     return {
         "dry_run": res.header is None,
@@ -116,7 +118,7 @@ def summary(res: DumpResult) -> dict[str, Any]:
         "bytes": {"data": t.data_bytes, "zero": t.zero_bytes, "stored": t.stored_bytes}
         if t
         else None,
-        "stream_digest": str(res.digest) if res.digest else None,
+        "stream_digest": str(digest) if digest else None,
         "seconds": round(res.seconds, 3),
         "read_mib_per_s": c.rate(res.plan.read_bytes, res.seconds) if t else None,
     }
@@ -131,6 +133,28 @@ def describe(res: DumpResult) -> str:
         f"of data and send {res.plan.zero_bytes} bytes as zero ranges",
     ]
     return "\n".join(lines)
+
+
+def _stdout_name() -> str:
+    """What to call stdout in the digest line: the file it was redirected to, if it is one.
+
+    ``lvdiff ... > test.diff`` then prints ``SHA256 (test.diff) = ...``, which
+    ``sha256sum -c`` checks as it stands.  Anything else (a pipe, a file opened
+    for appending, past its start) is ``-``, as sha256sum calls its stdin.
+    """
+    import stat
+
+    try:
+        st = os.fstat(1)
+        if not stat.S_ISREG(st.st_mode) or os.lseek(1, 0, os.SEEK_CUR) != 0:
+            return "-"
+        path = os.readlink("/proc/self/fd/1")
+        if path.endswith(" (deleted)") or not os.path.samestat(st, os.stat(path)):
+            return "-"
+    except OSError:
+        return "-"
+    rel = os.path.relpath(path)
+    return rel if not rel.startswith("..") else path
 
 
 def lvdiff_main(argv: Sequence[str] | None = None) -> int:
@@ -156,6 +180,15 @@ def lvdiff_main(argv: Sequence[str] | None = None) -> int:
         if args.workers:
             opts.workers = args.workers
         old = base[0] if base else None
+        wanted = c.chosen_digest(args.digest)
+        hashed: HashingWriter | None = None
+
+        def run_into(out: BinaryIO) -> DumpResult:
+            nonlocal hashed
+            if wanted is Digest.SHA256:  # of exactly the bytes that reach the file
+                out = hashed = HashingWriter(out, wanted)  # type: ignore[assignment]
+            return dump(new, old, out, args.pool, opts, console)
+
         if args.dry_run:
             with open(os.devnull, "wb") as sink:  # nothing is written to it
                 result = dump(new, old, sink, args.pool, opts, console)
@@ -166,14 +199,14 @@ def lvdiff_main(argv: Sequence[str] | None = None) -> int:
                     "refusing to write a binary stream to a terminal; "
                     "redirect stdout or use -o FILE"
                 )
-            result = dump(new, old, sys.stdout.buffer, args.pool, opts, console)
+            where = _stdout_name()
+            result = run_into(sys.stdout.buffer)
             sys.stdout.buffer.flush()
-            where = "-"
         else:
             where = str(args.output)
             try:
                 with open(args.output, "xb") as out:
-                    result = dump(new, old, out, args.pool, opts, console)
+                    result = run_into(out)
                     os.fsync(out.fileno())  # a stream reported written is on disk
             except FileExistsError:
                 raise UsageError(f"{args.output} exists; not overwriting it") from None
@@ -181,6 +214,9 @@ def lvdiff_main(argv: Sequence[str] | None = None) -> int:
                 args.output.unlink(missing_ok=True)
                 raise
         console.close()
+        shown = None
+        if result.digest and wanted:
+            shown = hashed.digest() if hashed else result.digest  # xxh128: the stream's own
         if args.verbose or args.dry_run and not json_to:
             print(describe(result), file=sys.stderr)
         if result.totals:
@@ -190,9 +226,9 @@ def lvdiff_main(argv: Sequence[str] | None = None) -> int:
                 f"{t.stored_bytes} stored), {t.zero_records} zero ranges ({t.zero_bytes} bytes)",
                 file=sys.stderr,
             )
-            if result.digest:
-                print(result.digest.tag_line(where), file=sys.stderr)
-        c.emit_json(json_to, "lvdiff", summary(result))
+            if shown and where:
+                print(shown.tag_line(where), file=sys.stderr)
+        c.emit_json(json_to, "lvdiff", summary(result, shown))
         return 0
 
     return c.run("lvdiff", body, console)

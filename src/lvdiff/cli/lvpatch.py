@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from .. import __version__
 from ..errors import UsageError
-from ..stream import escape_for_terminal
+from ..stream import Digest, StreamDigest, escape_for_terminal
 from . import common as c
 
 if TYPE_CHECKING:
@@ -133,6 +133,19 @@ def lvpatch_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resume-token", action="store_true", help="only print the resume token of NAME"
     )
+    c.add_digest(
+        p,
+        "which digest of the stream's bytes to print, as `sha256sum --tag` prints it: "
+        "sha256 (default; what lvdiff prints, to compare with the one recorded), xxh128 "
+        "(the stream's own: free, catches accidents only) or none",
+    )
+    p.add_argument(
+        "--expect-digest",
+        type=c.expected_digest,
+        metavar="ALG:HEX",
+        help="refuse the stream (exit 3, nothing restored) unless its bytes have this "
+        "digest: the sha256:HEX (or xxh128:HEX) lvdiff printed when it was made",
+    )
     c.add_workers(p, "threads that decompress and check records (default: CPUs, 2 to 4)")
     p.add_argument(
         "--cleanup",
@@ -183,8 +196,10 @@ def outcome(res: ApplyResult | FileResult) -> str:
     return "\n".join(lines)
 
 
-def summary(res: ApplyResult | FileResult, seconds: float) -> dict[str, Any]:
-    """The --json object of a restore (documented in the README)."""
+def summary(
+    res: ApplyResult | FileResult, seconds: float, digest: StreamDigest | None = None
+) -> dict[str, Any]:
+    """The --json object of a restore (documented in the README); ``digest``: the one shown."""
     h, t = res.header, res.totals
     return {
         "action": "restore",
@@ -194,7 +209,7 @@ def summary(res: ApplyResult | FileResult, seconds: float) -> dict[str, Any]:
         "base": {"name": h.base.name, "identity": h.base.identity} if h.base else None,
         "bytes": {"written": t.data_bytes, "zeroed": t.zero_bytes, "stored": t.stored_bytes},
         "records": {"data": t.data_records, "zero": t.zero_records},
-        "stream_digest": str(res.digest) if res.digest else None,
+        "stream_digest": str(digest) if digest else None,
         "base_check": res.base_checked or None,
         "verified_level": res.verified_level,
         "read_only": getattr(res, "read_only", None),
@@ -203,7 +218,7 @@ def summary(res: ApplyResult | FileResult, seconds: float) -> dict[str, Any]:
     }
 
 
-def check_summary(res: CheckResult) -> dict[str, Any]:
+def check_summary(res: CheckResult, args: argparse.Namespace) -> dict[str, Any]:
     h, t = res.header, res.totals
     return {
         "action": "check",
@@ -221,8 +236,24 @@ def check_summary(res: CheckResult) -> dict[str, Any]:
         "meta": [list(kv) for kv in h.meta],
         "records": {"data": t.data_records, "zero": t.zero_records},
         "bytes": {"data": t.data_bytes, "zero": t.zero_bytes, "stored": t.stored_bytes},
-        "stream_digest": str(res.digest),
+        "stream_digest": str(shown) if (shown := _shown(args, res.digest)) else None,
     }
+
+
+def _digest(args: argparse.Namespace) -> Digest | None:
+    """The digest to compute: the expected one's algorithm, else --digest (None: none)."""
+    if args.expect_digest:
+        return Digest(args.expect_digest.algorithm)
+    return c.chosen_digest(args.digest)
+
+
+def _shown(args: argparse.Namespace, digest: StreamDigest | None) -> StreamDigest | None:
+    """The digest to print and put in JSON: none with --digest none (unless one was expected)."""
+    return digest if args.digest != "none" or args.expect_digest else None
+
+
+def _input_name(args: argparse.Namespace) -> str:
+    return str(args.input) if args.input is not None else "-"
 
 
 def _open_input(args: argparse.Namespace) -> BinaryIO:
@@ -307,6 +338,8 @@ def lvpatch_main(argv: Sequence[str] | None = None) -> int:
             c.emit_json(json_to, "lvpatch", {"action": "cleanup", "removed": removed})
             return 0
         opts = ApplyOptions(
+            digest=_digest(args),
+            expect_digest=args.expect_digest,
             base_check=not args.no_base_check,
             in_place=args.in_place,
             writable=args.writable,
@@ -328,23 +361,28 @@ def lvpatch_main(argv: Sequence[str] | None = None) -> int:
                 report=console,
                 announce=lambda h: print(f"lvpatch: {describe_header(h)}", file=sys.stderr),
             )
-        _restored(res, console, json_to, started)
+        _restored(res, args, console, json_to, started)
         return 0
 
     return c.run("lvpatch", body, console, need_root=not file_mode)
 
 
 def _restored(
-    res: ApplyResult | FileResult, console: c.Console, json_to: str | None, started: float
+    res: ApplyResult | FileResult,
+    args: argparse.Namespace,
+    console: c.Console,
+    json_to: str | None,
+    started: float,
 ) -> None:
     """What a restore reports, onto a volume or into an image file alike."""
     import time
 
     console.close()
     print(outcome(res), file=sys.stderr)
-    if res.digest:
-        print(res.digest.tag_line("stream"), file=sys.stderr)
-    c.emit_json(json_to, "lvpatch", summary(res, time.monotonic() - started))
+    shown = _shown(args, res.digest)
+    if shown:
+        print(shown.tag_line(_input_name(args)), file=sys.stderr)
+    c.emit_json(json_to, "lvpatch", summary(res, time.monotonic() - started, shown))
 
 
 def _without_lvm(
@@ -365,9 +403,11 @@ def _without_lvm(
                 args.from_file,
                 base_check=not args.no_base_check,
                 report=console,
+                digest=_digest(args),
+                expect_digest=args.expect_digest,
                 **({"workers": args.workers} if args.workers else {}),
             )
-        _restored(res, console, json_to, started)
+        _restored(res, args, console, json_to, started)
         return 0
     from ..check import check_stream
 
@@ -377,7 +417,9 @@ def _without_lvm(
         print(f"{kind:<9} offset {p.offset:>16}  length {p.length:>12}  stored {stored:>10}")
 
     with _open_input(args) as inp:
-        res = check_stream(inp, line if args.dump else lambda _p: None)
+        res = check_stream(
+            inp, line if args.dump else lambda _p: None, _digest(args), args.expect_digest
+        )
     t = res.totals
     out = sys.stderr if args.dump else sys.stdout
     if json_to != "-":
@@ -387,6 +429,8 @@ def _without_lvm(
             f"stored), {t.zero_records} zero ranges ({t.zero_bytes} bytes)",
             file=out,
         )
-        print(res.digest.tag_line(args.input or "-"), file=out)
-    c.emit_json(json_to, "lvpatch", check_summary(res))
+        shown = _shown(args, res.digest)
+        if shown:
+            print(shown.tag_line(_input_name(args)), file=out)
+    c.emit_json(json_to, "lvpatch", check_summary(res, args))
     return 0

@@ -14,7 +14,7 @@ semantics must write into a scratch volume (``lvpatch`` writes into a new
 snapshot).
 """
 
-from .checksums import StreamDigest
+from .digest import Digest, HashingWriter, StreamDigest
 from .header import Header, VolumeRef, check_identity
 from .layout import (
     MAGIC,
@@ -48,6 +48,8 @@ __all__ = [
     "Pending",
     "Totals",
     "StreamDigest",
+    "Digest",
+    "HashingWriter",
     "check_identity",
     "data_record",
     "encode_data",

@@ -7,7 +7,8 @@ cannot be spread over cores, CRC-32 at about 4 GB/s, while a disk read from
 cache comes at 3 GB/s.  Version 3 uses XXH3 for both (over 20 GB/s on one
 core).  Their job is to catch damage in transit and storage, as ZFS send
 streams use fletcher-4: a digest carried inside the stream proves nothing
-against someone who can rewrite the stream, since they rewrite it too.
+against someone who can rewrite the stream, since they rewrite it too (the
+tools print a SHA-256 of the file for that: see .digest).
 
 Headers (the stream's and each record's) keep CRC-32 in every version: they
 are a few bytes each, and a reader checks them before it knows anything else.
@@ -19,44 +20,16 @@ import hashlib
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 import xxhash
 
-from .digest import BackgroundSha256
+from .digest import BackgroundSha256, Buffer, Hasher, StreamDigest
 from .layout import VERSION, crc32
-
-Buffer = bytes | bytearray | memoryview
-
-
-class Hasher(Protocol):
-    def update(self, data: Buffer, /) -> None: ...
-    def digest(self) -> bytes: ...
-    def hexdigest(self) -> str: ...
 
 
 def xxh3_32(data: Buffer) -> int:
     """The low 32 bits of XXH3-64 (seed 0); 0 for no bytes, as CRC-32 gives."""
     return xxhash.xxh3_64_intdigest(data) & 0xFFFFFFFF if len(data) else 0
-
-
-@dataclass(frozen=True)
-class StreamDigest:
-    """A whole stream's digest, as ``algorithm:hex`` (the form OCI digests use).
-
-    ``hex`` is what the algorithm's standard tool prints for the stream file
-    (``sha256sum``, ``xxh128sum``), so a copy can be checked without lvdiff.
-    """
-
-    algorithm: str
-    hex: str
-
-    def __str__(self) -> str:
-        return f"{self.algorithm}:{self.hex}"
-
-    def tag_line(self, name: str) -> str:
-        """The line ``sha256sum --tag`` or ``xxh128sum --tag`` prints; their ``-c`` reads it."""
-        return f"{self.algorithm.upper()} ({name}) = {self.hex}"
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,15 @@ from typing import BinaryIO
 
 import zstandard
 
-from ..errors import CorruptStream, StreamError, TruncatedStream, UnsupportedStream
-from .checksums import BY_MAJOR, CURRENT, Checksums, StreamDigest
+from ..errors import (
+    CorruptStream,
+    DigestMismatch,
+    StreamError,
+    TruncatedStream,
+    UnsupportedStream,
+)
+from .checksums import BY_MAJOR, CURRENT, Checksums
+from .digest import Digest, HashingReader, StreamDigest
 from .header import Header
 from .layout import (
     CRC,
@@ -111,10 +118,24 @@ class StreamReader:
     record is read.  Iteration yields each record only after all its checks
     passed, and ends normally only after a valid END followed by end of file;
     then :attr:`totals` and :attr:`digest` describe the whole stream.
+
+    ``file_digest`` asks for a digest of every byte read (the file's, as
+    ``sha256sum`` prints it) in :attr:`file_digest`; ``expect`` is one the
+    operator recorded: a stream whose bytes digest otherwise is refused at
+    its end (DigestMismatch), before a consumer commits anything.
     """
 
-    def __init__(self, fp: BinaryIO) -> None:
-        self._fp = fp
+    def __init__(
+        self,
+        fp: BinaryIO,
+        file_digest: Digest | None = None,
+        expect: StreamDigest | None = None,
+    ) -> None:
+        self._expect = expect
+        wanted = Digest(expect.algorithm) if expect else file_digest
+        self._hashing = HashingReader(fp, wanted) if wanted else None
+        self._fp: BinaryIO = self._hashing or fp  # type: ignore[assignment]
+        self.file_digest: StreamDigest | None = None
         self._next_offset = 0
         self._counts = [0, 0, 0, 0, 0]
         self._started = False
@@ -182,6 +203,8 @@ class StreamReader:
             raise CorruptStream("header checksum mismatch")
         header = Header.from_json(raw, (major, minor))
         self._checks = BY_MAJOR[major]
+        if self._hashing and self._hashing.algorithm == self._checks.digest_name:
+            self._fp, self._hashing = self._hashing.unwrapped, None  # END's digest is that one
         self._hash = self._checks.hasher(preamble + raw + CRC.pack(crc))
         return (major, minor), header
 
@@ -313,4 +336,10 @@ class StreamReader:
         self._hash.update(raw)
         self._hash.update(payload)
         self.digest = self._checks.digest(self._hash)
+        self.file_digest = self._hashing.digest() if self._hashing else self.digest
+        if self._expect and self.file_digest != self._expect:
+            raise DigestMismatch(
+                f"the stream's {self.file_digest.algorithm} is {self.file_digest.hex}, not the "
+                f"expected {self._expect.hex}: it is not the stream that was recorded"
+            )
         self.complete = True

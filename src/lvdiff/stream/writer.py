@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import BinaryIO
 
 from .checksums import CURRENT, StreamDigest
@@ -84,6 +85,19 @@ class StreamWriter:
         else:
             self._counts[1] += 1
             self._counts[3] += length
+
+    def after_written(self, done: Callable[[], None]) -> None:
+        """Call ``done`` once the output no longer needs the bytes given so far.
+
+        Writes are synchronous, but an output that digests what passes
+        through it in a helper thread (HashingWriter) reads them later: a
+        caller that reuses its buffers refills one only after this calls back.
+        """
+        later = getattr(self._fp, "when_hashed", None)
+        if later is None:
+            done()
+        else:
+            later(done)
 
     def close(self) -> StreamDigest:
         """Write END, flush, and return the digest of the whole stream.

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..errors import LvdiffError
 from ..events import Note, Reporter, ignore
+from ..stream.digest import StreamDigest
 from .targets import DirTarget
 
 
@@ -43,12 +44,19 @@ def restore(
     done = []
     prev: str | None = None
     for s in chain(store, lv):
+        recorded = StreamDigest.parse(s["digest"])  # a stream that is not the one stored fails
         with open(store.path / s["file"], "rb") as inp:
             if images is not None:
                 from ..imagefile import restore_to_file
 
                 image = images / f"{s['name']}.img"
-                restore_to_file(inp, image, images / f"{prev}.img" if prev else None, report=report)
+                restore_to_file(
+                    inp,
+                    image,
+                    images / f"{prev}.img" if prev else None,
+                    report=report,
+                    expect_digest=recorded,
+                )
             else:
                 from ..apply import ApplyOptions, apply_stream
 
@@ -59,7 +67,7 @@ def restore(
                     base=prev,
                     pool=pool,
                     name=s["name"],
-                    options=ApplyOptions(tags=tuple(s["tags"])),
+                    options=ApplyOptions(tags=tuple(s["tags"]), expect_digest=recorded),
                     report=report,
                 )
         report(Note(f"restored {s['name']}"))
