@@ -245,7 +245,7 @@ def row(
         "peak_rss_mib": round(rss_kib / 1024, 1),
     }
     print(
-        f"  {name:<34} {r['ours_mib_s']:>8.1f} MiB/s vs {r['theirs_mib_s']:>8.1f}  "
+        f"  {name:<40} {r['ours_mib_s']:>8.1f} MiB/s vs {r['theirs_mib_s']:>8.1f}  "
         f"ratio {r['ratio']:>5.2f} ({r['ratio_whole_process']:.2f} with Python's start, "
         f"{r['start_s']:.2f} s)  rss {r['peak_rss_mib']:>6.1f} MiB   ({baseline})",
         flush=True,
@@ -296,13 +296,13 @@ def pipelines(work: Path, size: int, workers: int) -> list[dict]:
         # where SHA-256 is the limit: the same with the stream's own digest, and
         # against sha256sum itself (one core's SHA-256 of the same bytes)
         (
-            "lvdiff, no compression, xxh128",
+            "lvdiff, no compression, --digest xxh128",
             lambda: ours("_dump", str(src), os.devnull, "none", str(workers), "", "1", "xxh128"),
             lambda: shell(f"cat {q(str(src))} > /dev/null"),
             "cat > /dev/null",
         ),
         (
-            "lvdiff, no compression",
+            "lvdiff, no compression, vs sha256sum",
             lambda: ours("_dump", str(src), os.devnull, "none", str(workers)),
             lambda: shell(f"sha256sum {q(str(src))} > /dev/null"),
             "sha256sum",
@@ -318,7 +318,7 @@ def pipelines(work: Path, size: int, workers: int) -> list[dict]:
             "zstd -d into the target, sync",
         ),
         (
-            "lvpatch, zstd stream, xxh128",
+            "lvpatch, zstd stream, --digest xxh128",
             into_fresh_target(
                 lambda: ours("_patch", str(streams["3"]), str(target), str(workers), "xxh128")
             ),

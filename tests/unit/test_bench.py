@@ -37,7 +37,10 @@ def test_quick_benchmark_produces_every_figure(tmp_path):
     assert names == [
         "lvdiff, zstd -3",
         "lvdiff, no compression",
+        "lvdiff, no compression, --digest xxh128",
+        "lvdiff, no compression, vs sha256sum",
         "lvpatch, zstd stream",
+        "lvpatch, zstd stream, --digest xxh128",
         "lvpatch, uncompressed stream",
     ]
     for r in result["pipelines"]:
