@@ -275,6 +275,12 @@ class _Apply:
                 f"{token.offset} bytes {lv.full_name} holds: lvdiff --resume {token}"
             )
         self.durable = token.offset
+        if not lv.writable:
+            # An lvpatch before the commit became one lvchange could die between making
+            # the target read-only and clearing its tags: it is still ours to write.
+            self.report(Note(f"{lv.full_name} was left read-only before its commit; resuming it"))
+            lvm.set_read_only(lv, False)
+            lv = lvm.get_thin(lv.vg, lv.name)
         return lv
 
     def _resize(self) -> None:
@@ -293,9 +299,11 @@ class _Apply:
                     lvm.set_tags(t, add=[lineage.identity_tag(self.h.new.identity)])
                 return not t.writable
             read_only = not self.opt.writable
-            if read_only:
-                lvm.set_read_only(t)
-            lvm.set_tags(t, remove=[tags.INCOMPLETE, *tags.with_prefix(t.tags, tags.RESUME_PREFIX)])
+            lvm.set_tags(
+                t,
+                remove=[tags.INCOMPLETE, *tags.with_prefix(t.tags, tags.RESUME_PREFIX)],
+                read_only=read_only,
+            )
             return read_only
 
     # -- checks
@@ -432,18 +440,26 @@ def abandon(vg: str, name: str) -> None:
         lvm.remove(lv)
 
 
-def prune(vg: str, name: str, required_tags: tuple[str, ...]) -> None:
-    """Remove a complete restored volume, only if it carries every one of ``required_tags``.
+def prune(vg: str, name: str, source_tag: str) -> None:
+    """Remove a complete copy lvsync restored, only if its tags prove it is one of ``source_tag``.
 
-    For lvsync's retention on a target it reaches through lvpatch alone, so a
-    key limited to lvpatch cannot remove volumes that are not lvsync's.
+    lvsync's retention on a target calls this (over ssh, through lvpatch), so
+    the proof is required here, whatever the caller passes: lvsync's mark,
+    exactly that source, and the identity every restored volume records.  A
+    volume lvsync did not make, or made for another source, is never removed.
     """
-    if not required_tags:
-        raise UsageError("--prune needs the --tag every pruned volume must carry")
+    if not source_tag.startswith(tags.LVSYNC_SOURCE_PREFIX):
+        raise UsageError(f"--prune needs the source tag, {tags.LVSYNC_SOURCE_PREFIX}<VG UUID>/<LV>")
     lv = lvm.get_lv(vg, lvm.check_name(name, "LV name"))
-    if tags.INCOMPLETE in lv.tags or not set(required_tags) <= set(lv.tags):
+    ours = (
+        tags.LVSYNC in lv.tags
+        and source_tag in lv.tags
+        and tags.with_prefix(lv.tags, tags.IDENTITY_PREFIX)
+        and tags.INCOMPLETE not in lv.tags
+    )
+    if not ours:
         raise UsageError(
-            f"{lv.full_name} does not carry {', '.join(required_tags)}; not removing it"
+            f"{lv.full_name} is not a complete copy lvsync made of {source_tag}; not removing it"
         )
     lvm.remove(lv)
 

@@ -64,6 +64,12 @@ class CommandFailed(LvdiffError):
         super().__init__(f"`{' '.join(argv)}` failed (exit {returncode}): {detail}")
 
 
+class TransientError(LvdiffError):
+    """Worth a retry later: the target was unreachable, or the link dropped (EX_TEMPFAIL)."""
+
+    exit_code = 75
+
+
 class Interrupted(LvdiffError):
     """SIGINT or SIGTERM arrived; cleanup ran."""
 

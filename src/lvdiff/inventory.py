@@ -29,10 +29,32 @@ class Held:
         return asdict(self)
 
 
-def inventory(vg: str) -> list[Held]:
-    """lvpatch's volumes in ``vg``, in the order lvs lists them."""
+@dataclass(frozen=True)
+class Inventory:
+    """What a VG holds of lvpatch's, and its thin pools (where a full stream can go)."""
+
+    volumes: list[Held]
+    pools: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"volumes": [h.to_dict() for h in self.volumes], "pools": self.pools}
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any]) -> Inventory:
+        """As ``lvpatch --list --json`` writes it; ValueError when it is not that."""
+        try:
+            volumes = [Held(**v) for v in obj["volumes"]]
+            pools = [str(p) for p in obj.get("pools", [])]
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"not an lvpatch inventory: {e}") from None
+        return cls(volumes, pools)
+
+
+def inventory(vg: str, listing: list[lvm.LV] | None = None) -> Inventory:
+    """lvpatch's volumes in ``vg``, in the order lvs lists them, and its thin pools."""
     held = []
-    for lv in lvm.lvs_in_vg(vg):
+    found = lvm.lvs_in_vg(vg) if listing is None else listing
+    for lv in found:
         identity = recorded_identity(lv)
         incomplete = tags.INCOMPLETE in lv.tags
         if identity is None and not incomplete:
@@ -49,4 +71,4 @@ def inventory(vg: str) -> list[Held]:
                 list(lv.tags),
             )
         )
-    return held
+    return Inventory(held, [lv.name for lv in found if lv.segtype == "thin-pool"])

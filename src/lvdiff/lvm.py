@@ -28,7 +28,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9+_.][A-Za-z0-9+_.-]*$")
 
 LV_FIELDS = (
     "vg_name,lv_name,lv_uuid,lv_attr,lv_size,segtype,pool_lv,thin_id,lv_tags,"
-    "chunk_size,discards,zero,transaction_id,lv_active,origin,vg_extent_size"
+    "chunk_size,discards,zero,transaction_id,lv_active,origin,vg_extent_size,vg_uuid"
 )
 
 
@@ -107,6 +107,7 @@ class LV:
     transaction_id: int | None
     origin: str = ""
     extent_size: int = 0
+    vg_uuid: str = ""
 
     @property
     def full_name(self) -> str:
@@ -164,6 +165,7 @@ def lvs(*specs: str) -> list[LV]:
                     transaction_id=_int(r["transaction_id"]),
                     origin=r.get("origin", ""),
                     extent_size=_int(r.get("vg_extent_size", "")) or 0,
+                    vg_uuid=r.get("vg_uuid", ""),
                 )
             )
     return rows
@@ -338,6 +340,11 @@ def target_lock(vg: str, name: str, wait: bool = True) -> AbstractContextManager
     )
 
 
+def job_lock(key: str) -> AbstractContextManager[bool]:
+    """Held by an lvsync run of one job for its whole life: a second run of it stops at once."""
+    return _flock(f"lvsync-{key}.lock", None)
+
+
 class _Marker:
     """A one-line file in LOCK_DIR: which metadata root this host's lvdiff reserved."""
 
@@ -502,19 +509,28 @@ def set_read_only(lv: LV, read_only: bool = True) -> None:
     run(["lvchange", "-q", "-p", "r" if read_only else "rw", lv.full_name])
 
 
-def set_tags(lv: LV, add: Sequence[str] = (), remove: Sequence[str] = ()) -> None:
-    """Add and remove tags in one metadata commit; updates ``lv.tags`` to match.
+def set_tags(
+    lv: LV, add: Sequence[str] = (), remove: Sequence[str] = (), read_only: bool = False
+) -> None:
+    """Add and remove tags (and make ``lv`` read-only) in one metadata commit.
 
-    A tag both added and removed is left alone: lvm2 applies every --addtag
-    before every --deltag, so asking for both would delete it.
+    One lvchange is one commit of the VG's metadata: a crash leaves all of
+    it done or none, where two commands could leave a read-only volume
+    still tagged incomplete.  Updates ``lv.tags`` to match.  A tag both added
+    and removed is left alone: lvm2 applies every --addtag before every
+    --deltag, so asking for both would delete it.
     """
     add = [t for t in add if t not in lv.tags]
     remove = [t for t in remove if t in lv.tags and t not in add]
-    argv = ["lvchange"]
+    argv = ["lvchange", "-q"]
+    if read_only and lv.writable:
+        argv += ["-p", "r"]
     for t in add:
         argv += ["--addtag", t]
     for t in remove:
         argv += ["--deltag", t]
-    if len(argv) > 1:
+    if len(argv) > 2:
         run([*argv, lv.full_name])
         lv.tags = [t for t in lv.tags if t not in remove] + add
+        if read_only:
+            lv.attr = lv.attr[:1] + "r" + lv.attr[2:]

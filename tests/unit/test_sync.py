@@ -18,12 +18,13 @@ T0 = datetime(2026, 11, 1, 2, 0, tzinfo=UTC)
 
 
 def test_snapshot_names_read_by_people_and_by_lvsync():
-    name = naming.snapshot_name("vol0", T0)
-    assert name == "vol0.20261101T020000Z" and naming.taken_at(name) == T0
-    assert naming.is_ours("vol0", name, ["lvsync", "lvsync_source:vol0"])
-    assert not naming.is_ours("vol0", name, ["lvsync"])  # another volume's, or a copy by hand
-    assert not naming.is_ours("vol0", "vol0-manual", ["lvsync", "lvsync_source:vol0"])
-    assert len(naming.snapshot_name("x" * 200, T0)) <= 127
+    src = naming.Source("vg0", "vol0", "VGUUID")
+    name = naming.snapshot_name(src, "job", T0)
+    assert name.startswith("vol0.20261101T020000Z.") and naming.taken_at(name) == T0
+    assert naming.is_ours(src, "job", name, list(src.tags("job")))
+    assert not naming.is_ours(src, "job", name, ["lvsync"])  # another volume's, or by hand
+    assert not naming.is_ours(src, "job", "vol0-manual", list(src.tags("job")))
+    assert len(naming.snapshot_name(naming.Source("v", "x" * 200, "U"), "j", T0)) <= 127
 
 
 def test_retention_keeps_the_last_and_one_per_period():
@@ -105,5 +106,5 @@ def test_a_remote_lvpatch_of_another_version_is_a_clear_error(tmp_path, monkeypa
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
     target = parse_target("backup@nas:vg1/pool0", [])
     with pytest.raises(LvdiffError, match="runs lvpatch 0.0.9.*same lvdiff version"):
-        target.inventory()
+        target.prepare()
     target.close()

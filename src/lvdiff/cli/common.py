@@ -12,11 +12,12 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, NoReturn
 
-from ..errors import LvdiffError, UsageError
+from ..errors import Interrupted, LvdiffError, UsageError
 from ..events import Event, Note, Progress
 from ..fingerprint import describe_level
 from ..resume import ResumeToken
@@ -46,10 +47,15 @@ LINEAGE_HELP = (
 
 
 class Console:
-    """Shows engine events on stderr: notes as lines, progress as a tqdm bar."""
+    """Shows engine events on stderr: notes as lines, progress as a tqdm bar.
+
+    ``json_to`` is where the command's JSON goes once it is known, so that a
+    failure is written there too, as data (see :func:`run`).
+    """
 
     def __init__(self, prog: str, progress: bool) -> None:
         self.prog, self.progress, self.bar = prog, progress, None
+        self.json_to: str | None = None
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, Note):
@@ -92,12 +98,14 @@ def add_common(p: argparse.ArgumentParser, version: str) -> None:
     )
     p.add_argument(
         "--json",
-        nargs="?",
+        action="store_const",
         const="-",
-        metavar="FILE",
-        help="write a summary as one JSON object to FILE, or to stdout when given no FILE "
-        "and stdout is free (keys in the README)",
+        help="write a summary as one JSON object to stdout (when stdout is free), or to "
+        "FILE with --json=FILE (keys in the README); a failure writes "
+        '{"error": {"class", "exit", "message"}} there instead',
     )
+    # --json=FILE arrives here (see parse_args): a bare --json never takes the next argument
+    p.add_argument("--json-file", dest="json", metavar="FILE", help=argparse.SUPPRESS)
     p.add_argument("--version", action="version", version=version)
 
 
@@ -130,6 +138,23 @@ def expected_digest(text: str) -> StreamDigest:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def parse_args(p: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse, reading ``--json=FILE`` as the file to write JSON to.
+
+    ``--json`` once took an optional FILE, so ``lvsync --json vg/lv TARGET``
+    silently wrote its JSON to a file named ``vg/lv``: now a bare ``--json``
+    means stdout and only ``--json=FILE`` names a file.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    fixed: list[str] = []
+    for i, a in enumerate(args):
+        if a == "--":
+            fixed += args[i:]
+            break
+        fixed += ["--json-file", a.removeprefix("--json=")] if a.startswith("--json=") else [a]
+    return p.parse_args(fixed)
+
+
 def add_workers(p: argparse.ArgumentParser, text: str) -> None:
     p.add_argument("--workers", type=workers, default=None, metavar="N", help=text)
 
@@ -149,12 +174,19 @@ def level(text: str) -> int:
 
 def compression(text: str) -> int | None:
     """``zstd``, ``zstd:LEVEL`` (1..19) or ``none``: the zstd level, or None."""
-    name, _, lvl = text.partition(":")
-    if name == "none" and not lvl:
-        return None
-    if name == "zstd" and (not lvl or (lvl.isdigit() and 1 <= int(lvl) <= 19)):
-        return int(lvl or 3)
-    raise argparse.ArgumentTypeError(f"compression must be zstd, zstd:1..19 or none, not {text!r}")
+    from ..stream.records import parse_compression
+
+    try:
+        return parse_compression(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def count(text: str) -> int:
+    """A whole number >= 0 (how many to keep)."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, not {text!r}")
+    return int(text)
 
 
 def workers(text: str) -> int:
@@ -170,10 +202,14 @@ def token(text: str) -> ResumeToken:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def json_destination(arg: str | None, stdout_busy: str | None) -> str | None:
-    """Where --json goes: a file, "-" for stdout, or None; refuse stdout when it is busy."""
+def json_destination(arg: str | None, stdout_busy: str | None, console: Console) -> str | None:
+    """Where --json goes: a file, "-" for stdout, or None; refuse stdout when it is busy.
+
+    The console remembers it, so that a failure from here on is written there too.
+    """
     if arg == "-" and stdout_busy:
-        raise UsageError(f"--json needs a FILE here: stdout carries {stdout_busy}")
+        raise UsageError(f"--json=FILE is needed here: stdout carries {stdout_busy}")
+    console.json_to = arg
     return arg
 
 
@@ -190,14 +226,31 @@ def emit_json(dest: str | None, command: str, obj: dict[str, Any]) -> None:
         Path(dest).write_text(text + "\n")
 
 
-def fail(prog: str, err: BaseException) -> NoReturn:
+def error_object(err: BaseException) -> dict[str, Any]:
+    """A failure as data: its class (its identity across a process boundary), exit status, text.
+
+    lvsync reads this from the far side's ``lvpatch --json`` to tell a cut
+    transfer from a hard failure, as borg's remote protocol sends the
+    exception class: never by matching the words of a message.
+    """
+    if isinstance(err, KeyboardInterrupt):
+        err = Interrupted("interrupted; cleaned up")
     msg = " ".join(str(err).split()) or type(err).__name__
-    print(f"{prog}: error: {msg}", file=sys.stderr)
-    sys.exit(getattr(err, "exit_code", 1))
+    return {"class": type(err).__name__, "exit": getattr(err, "exit_code", 1), "message": msg}
+
+
+def fail(prog: str, err: BaseException, json_to: str | None = None) -> NoReturn:
+    obj = error_object(err)
+    print(f"{prog}: error: {obj['message']}", file=sys.stderr)
+    emit_json(json_to, prog, {"error": obj})
+    sys.exit(obj["exit"])
 
 
 def run(prog: str, body: Callable[[], int], console: Console, need_root: bool = True) -> int:
-    """Run a command body: root check, SIGTERM as Ctrl-C, one-line errors, exit codes."""
+    """Run a command body: root check, SIGTERM as Ctrl-C, one-line errors, exit codes.
+
+    With --json, a failure also becomes ``{"error": ...}`` (:func:`error_object`).
+    """
 
     def on_term(_sig: int, _frame: object) -> None:
         raise KeyboardInterrupt
@@ -211,13 +264,15 @@ def run(prog: str, body: Callable[[], int], console: Console, need_root: bool = 
                 "and device-mapper metadata"
             )
         return body()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         console.close()
         print(f"{prog}: interrupted; cleaned up", file=sys.stderr)
-        return 130
+        with suppress(OSError):  # stdout may be the pipe that broke
+            emit_json(console.json_to, prog, {"error": error_object(e)})
+        return Interrupted.exit_code
     except (LvdiffError, OSError) as e:
         console.close()
-        fail(prog, e)
+        fail(prog, e, console.json_to)
 
 
 def rate(nbytes: int, seconds: float) -> float:

@@ -158,7 +158,7 @@ def _stdout_name() -> str:
 
 
 def lvdiff_main(argv: Sequence[str] | None = None) -> int:
-    args = lvdiff_parser().parse_args(argv)
+    args = c.parse_args(lvdiff_parser(), argv)
     if len(args.volumes) > 2:
         lvdiff_parser().error("give BASE NEW, or NEW alone")
     console = c.Console("lvdiff", c.progress_wanted(args.progress))
@@ -168,7 +168,7 @@ def lvdiff_main(argv: Sequence[str] | None = None) -> int:
 
         *base, new = [parse_lv_spec(v, args.vg) for v in args.volumes]
         stream_on_stdout = args.output is None and not args.dry_run
-        json_to = c.json_destination(args.json, "the stream" if stream_on_stdout else None)
+        json_to = c.json_destination(args.json, "the stream" if stream_on_stdout else None, console)
         opts = DumpOptions(
             level=args.detect_level,
             meta=args.meta,

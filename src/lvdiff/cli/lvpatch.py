@@ -83,9 +83,10 @@ def lvpatch_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--prune",
-        action="store_true",
-        help="only remove NAME, a restored volume carrying every --tag given "
-        "(lvsync's retention on a target)",
+        metavar="SOURCE_TAG",
+        help="only remove NAME, a complete copy lvsync made of the source this tag names "
+        "(lvsync_src:<VG UUID>/<LV>): lvsync's retention on a target; any other volume "
+        "is refused",
     )
     p.add_argument(
         "--abandon",
@@ -271,7 +272,7 @@ def _open_input(args: argparse.Namespace) -> BinaryIO:
 
 
 def lvpatch_main(argv: Sequence[str] | None = None) -> int:
-    args = lvpatch_parser().parse_args(argv)
+    args = c.parse_args(lvpatch_parser(), argv)
     console = c.Console("lvpatch", c.progress_wanted(args.progress))
     file_mode = args.check or args.dump or args.to_file is not None
 
@@ -280,7 +281,7 @@ def lvpatch_main(argv: Sequence[str] | None = None) -> int:
 
         started = time.monotonic()
         json_to = c.json_destination(
-            args.json, "the records" if args.dump and args.json == "-" else None
+            args.json, "the records" if args.dump and args.json == "-" else None, console
         )
         if file_mode:
             return _without_lvm(args, console, json_to, started)
@@ -305,13 +306,9 @@ def lvpatch_main(argv: Sequence[str] | None = None) -> int:
 
             held = inventory(args.vg)
             if json_to:
-                c.emit_json(
-                    json_to,
-                    "lvpatch",
-                    {"action": "list", "vg": args.vg, "volumes": [h.to_dict() for h in held]},
-                )
+                c.emit_json(json_to, "lvpatch", {"action": "list", "vg": args.vg, **held.to_dict()})
             else:
-                for h in held:
+                for h in held.volumes:
                     state = "complete" if h.complete else f"incomplete, resume {h.resume_token}"
                     ro = "read-only" if h.read_only else "writable"
                     print(f"{h.name}\t{h.identity or '-'}\t{h.size}\t{ro}\t{state}")
@@ -321,7 +318,7 @@ def lvpatch_main(argv: Sequence[str] | None = None) -> int:
                 raise UsageError("--prune needs the volume NAME")
             from ..apply import prune
 
-            prune(args.vg, args.name, tuple(args.tag))
+            prune(args.vg, args.name, args.prune)
             print(f"lvpatch: removed {args.vg}/{args.name}", file=sys.stderr)
             return 0
         if args.abandon:

@@ -71,7 +71,7 @@ def lvsync_parser() -> argparse.ArgumentParser:
         "monthly": "also keep the newest snapshot of each of the last N months",
     }
     for period, text in keep_help.items():
-        p.add_argument(f"--keep-{period}", type=int, default=None, metavar="N", help=text)
+        p.add_argument(f"--keep-{period}", type=c.count, default=None, metavar="N", help=text)
     p.add_argument(
         "-o", "--ssh-option", action="append", default=[], metavar="OPTION", help="passed to ssh -o"
     )
@@ -145,31 +145,32 @@ def _jobs(args: argparse.Namespace) -> list[Any]:
 
 
 def lvsync_main(argv: Sequence[str] | None = None) -> int:
-    args = lvsync_parser().parse_args(argv)
+    args = c.parse_args(lvsync_parser(), argv)
     console = c.Console("lvsync", c.progress_wanted(args.progress))
 
     def body() -> int:
         from ..lvm import parse_lv_spec
         from ..sync import job as runner
         from ..sync.targets import parse_target
+        from ..sync.volumes import LvmVolumes
 
-        json_to = c.json_destination(args.json, None)
+        json_to = c.json_destination(args.json, None, console)
         if args.restore:
             return _restore(args, console, json_to)
         summaries, codes = [], []
+        volumes = LvmVolumes(os.environ.get("LVDIFF_THIN_DELTA", "thin_delta"))
         for cfg in _jobs(args):
-            level = c.compression(cfg.compress)
             job = runner.Job(
                 sources=[parse_lv_spec(s, None) for s in cfg.sources],
                 target=parse_target(cfg.target, cfg.ssh_options, cfg.remote_lvpatch),
                 retention=cfg.retention,
                 check_level=cfg.check_level,
-                compress=level,
+                compress=c.compression(cfg.compress),
                 pre_snapshot=cfg.pre_snapshot,
                 post_snapshot=cfg.post_snapshot,
                 dry_run=args.dry_run,
+                volumes=volumes,
             )
-            job.thin_delta = os.environ.get("LVDIFF_THIN_DELTA", "thin_delta")
             outcomes = runner.run(job, console)
             for o in outcomes:
                 line = f"lvsync: {o.source}: {o.status}"
@@ -185,7 +186,7 @@ def lvsync_main(argv: Sequence[str] | None = None) -> int:
             )
             codes.append(runner.exit_status(outcomes))
         c.emit_json(json_to, "lvsync", {"dry_run": args.dry_run, "jobs": summaries})
-        for code in (1, 75):
+        for code in (1, 2, 75):  # the worst first: what monitoring must act on
             if code in codes:
                 return code
         return 3 if codes and all(code == 3 for code in codes) else 0
@@ -194,32 +195,31 @@ def lvsync_main(argv: Sequence[str] | None = None) -> int:
 
 
 def _restore(args: argparse.Namespace, console: c.Console, json_to: str | None) -> int:
-    from ..sync.restore import restore
+    from ..sync.restore import chains, restore
     from ..sync.targets import DirTarget
 
     if not args.restore.startswith("dir:"):
         raise UsageError("--restore reads a dir: target: --restore dir:/path")
     store = DirTarget(Path(args.restore[4:]))
-    lvs = args.lv or sorted(
-        {
-            t.split(":", 1)[1]
-            for s in store.manifest()
-            for t in s["tags"]
-            if t.startswith("lvsync_source:")
-        }
-    )
-    done: dict[str, list[str]] = {}
+    found = [c for lv in args.lv for c in chains(store, lv)] if args.lv else chains(store)
     if args.to_dir:
         if args.volumes:
             raise UsageError("--to-dir restores into files: give no VG/POOL")
         args.to_dir.mkdir(parents=True, exist_ok=True)
-        for lv in lvs:
-            done[lv] = restore(store, lv, images=args.to_dir, report=console)
-    else:
-        if len(args.volumes) != 1 or "/" not in args.volumes[0]:
-            raise UsageError("--restore needs where: VG/POOL (or --to-dir DIR)")
-        vg, pool = args.volumes[0].split("/", 1)
-        for lv in lvs:
-            done[lv] = restore(store, lv, vg=vg, pool=pool, report=console)
-    c.emit_json(json_to, "lvsync", {"action": "restore", "restored": done})
+    elif len(args.volumes) != 1 or "/" not in args.volumes[0]:
+        raise UsageError("--restore needs where: VG/POOL (or --to-dir DIR)")
+    done = []
+    for chain in found:
+        if args.to_dir:
+            names = restore(store, chain, images=args.to_dir, report=console)
+        else:
+            vg, pool = args.volumes[0].split("/", 1)
+            names = restore(store, chain, vg=vg, pool=pool, report=console)
+        done.append({"source": chain.source, "lv": chain.lv, "volumes": names})
+    c.emit_json(
+        json_to,
+        "lvsync",
+        # "restored" (LV -> names) as before; "chains" tells two sources of one LV name apart
+        {"action": "restore", "restored": {d["lv"]: d["volumes"] for d in done}, "chains": done},
+    )
     return 0

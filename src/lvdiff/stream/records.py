@@ -92,6 +92,16 @@ def _compressor(level: int) -> zstandard.ZstdCompressor:
     return cctx
 
 
+def parse_compression(text: str) -> int | None:
+    """``zstd``, ``zstd:LEVEL`` (1..19) or ``none``: the zstd level, or None; else ValueError."""
+    name, _, lvl = text.partition(":")
+    if name == "none" and not lvl:
+        return None
+    if name == "zstd" and (not lvl or (lvl.isdigit() and 1 <= int(lvl) <= 19)):
+        return int(lvl or 3)
+    raise ValueError(f"compression must be zstd, zstd:1..19 or none, not {text!r}")
+
+
 def encode_data(offset: int, data: bytes | bytearray | memoryview, level: int | None = 3) -> bytes:
     """Complete DATA record bytes (header and payload) for ``data`` at ``offset``."""
     return b"".join(data_record(offset, data, level))

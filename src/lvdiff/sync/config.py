@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from ..stream.records import parse_compression
 from .retention import Retention
 
 DEFAULT_PATH = Path("/etc/lvdiff/lvsync.toml")
@@ -70,6 +71,8 @@ def load(path: Path) -> dict[str, JobConfig]:
     defaults = doc.get("defaults", {})
     jobs = doc.get("job", {})
     unknown = set(doc) - {"defaults", "job"}
+    if not isinstance(defaults, dict):
+        raise UsageError(f"{path}: defaults must be a table ([defaults])")
     if unknown:
         raise UsageError(f"{path}: unknown section {sorted(unknown)[0]!r}")
     if not isinstance(jobs, dict) or not jobs:
@@ -85,11 +88,16 @@ def _job(path: Path, name: str, defaults: dict[str, Any], body: Any) -> JobConfi
     unknown = set(merged) - _KEYS
     if unknown:
         raise UsageError(f"{where}: unknown key {sorted(unknown)[0]!r}")
+    for scope, table in (("defaults", defaults), (f"job {name}", body)):
+        if not isinstance(table.get("retention", {}), dict):
+            raise UsageError(f"{path}: {scope}: retention must be a table ([...retention])")
     retention = {**defaults.get("retention", {}), **body.get("retention", {})}
     try:
         keep = Retention(**retention)
-    except (TypeError, ValueError) as e:
+    except TypeError as e:  # an unknown period
         raise UsageError(f"{where}: retention: {e}") from None
+    except ValueError as e:
+        raise UsageError(f"{where}: {e}") from None
     sources, target = merged.get("sources"), merged.get("target")
     if not (isinstance(sources, list) and sources and all(isinstance(s, str) for s in sources)):
         raise UsageError(f"{where}: sources must be a list of VG/LV")
@@ -104,6 +112,10 @@ def _job(path: Path, name: str, defaults: dict[str, Any], body: Any) -> JobConfi
     for key in ("compress", "remote_lvpatch", "pre_snapshot", "post_snapshot"):
         if key in merged and not isinstance(merged[key], str):
             raise UsageError(f"{where}: {key} must be a string")
+    try:
+        parse_compression(merged.get("compress", "zstd:3"))
+    except ValueError as e:
+        raise UsageError(f"{where}: compress: {e}") from None
     return JobConfig(
         name,
         sources,

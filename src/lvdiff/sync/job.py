@@ -1,38 +1,50 @@
 """One lvsync run: resume what was cut, snapshot, find the common base, send, prune.
 
-For each source volume:
+A *source* is one volume of one VG (unique by the VG's UUID, see
+:mod:`.naming`); a *job* is the sending of some sources to one target.  Each
+job keeps its own snapshots of each source, so two jobs of one volume (an
+hourly local copy, a nightly off-site one) never remove each other's common
+base.  For each source:
 
-1. a restore the target kept from a cut transfer is resumed, when both of
-   the snapshots it names still exist here (otherwise it is given up);
-2. a read-only snapshot is taken (of every source first, one right after the
-   other, between the pre- and post-snapshot hooks);
-3. the newest snapshot both sides hold is found *by identity* (a name can
-   lie; a UUID-based identity cannot); none means a full stream;
-4. a snapshot identical to that base (thin_delta reports nothing) is
-   removed again: nothing to do;
+1. a restore the target kept from a cut transfer of *this* source is resumed
+   when both snapshots it names still exist here (otherwise it is given up);
+2. a read-only snapshot is taken (of every source, one right after the other,
+   between the pre- and post-snapshot hooks);
+3. the newest of this job's snapshots the target holds *by identity* is the
+   base (a name can lie; a UUID-based identity cannot); none means a full
+   stream;
+4. a snapshot identical to that base is removed again: nothing to do;
 5. the stream goes to the target under the snapshot's name, resumable;
-6. lvsync's own snapshots of the volume are pruned on both sides by the
-   retention policy, never the newest common pair, and only after success.
+6. this job's snapshots of the source, and the target's copies of exactly
+   this source, are pruned by the retention policy, never the newest common
+   pair, and only after success.
 
-Engines report to the caller (events), and every volume ends in an
-:class:`Outcome`; nothing here prints.
+Every source ends in its own :class:`Outcome`, whatever happened to the
+others; a failure is that source's, and a snapshot whose send never started
+is removed again (one whose send started is kept: the target may hold a
+resumable part of it).  SIGINT and SIGTERM end the run at once: nothing new
+is started.  The target is reached once for its inventory, which the run
+keeps up to date itself.  Engines report to the caller (events); nothing
+here prints.
 """
 
 from __future__ import annotations
 
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
 from .. import lineage, lvm
-from ..errors import LvdiffError
+from ..errors import LvdiffError, TransientError, UsageError
 from ..events import Note, Reporter, ignore
 from ..inventory import Held
 from ..resume import ResumeToken
 from . import naming
+from .naming import Source
 from .retention import Retention
-from .targets import Receive, Target, TransientError
+from .targets import Receive, Target
+from .volumes import LvmVolumes, Volumes
 
 
 @dataclass
@@ -45,23 +57,37 @@ class Job:
     pre_snapshot: str | None = None  # shell commands run around taking the snapshots
     post_snapshot: str | None = None
     dry_run: bool = False
-    thin_delta: str = "thin_delta"
+    volumes: Volumes = field(default_factory=LvmVolumes)
+    host: str = field(default_factory=naming.this_host)
+
+    @property
+    def key(self) -> str:
+        """What names this job on its snapshots: its target, whatever the job is called."""
+        return naming.job_key(self.target.key)
 
 
 @dataclass
 class Outcome:
-    source: str
+    source: str  # VG/LV, as given
     status: str  # synced, unchanged, failed, would-sync
+    key: str | None = None  # the source's unique key, VG UUID/LV
     snapshot: str | None = None
     resumed: str | None = None  # a cut transfer of this snapshot was completed first
     resumed_bytes: int | None = None  # what that took: the rest of the stream only
     base: str | None = None
     transient: bool = False
     error: str | None = None
+    error_class: str | None = None  # the failure's identity, as data
+    exit_code: int = 0  # of the failure: 1, 2 (usage), 75 (transient)...
     sent: dict[str, Any] | None = None
     estimate: dict[str, int] | None = None
     pruned_here: list[str] = field(default_factory=list)
     pruned_there: list[str] = field(default_factory=list)
+
+    def fail(self, err: LvdiffError) -> None:
+        self.status, self.error = "failed", " ".join(str(err).split())
+        self.error_class, self.exit_code = type(err).__name__, err.exit_code
+        self.transient = isinstance(err, TransientError)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -69,110 +95,317 @@ class Outcome:
 
 def run(job: Job, report: Reporter = ignore, now: datetime | None = None) -> list[Outcome]:
     """Sync every source of ``job``; one Outcome per source, whatever failed."""
-    when = (now or datetime.now(UTC)).replace(microsecond=0)
-    target = job.target
-    try:
-        target.prepare()
-        outcomes = {f"{vg}/{lv}": Outcome(f"{vg}/{lv}", "failed") for vg, lv in job.sources}
-        held = target.inventory()
-        for vg, lv in job.sources:
-            out = outcomes[f"{vg}/{lv}"]
-            _guarded(
-                out, lambda vg=vg, lv=lv, out=out: _resume_pending(job, vg, lv, held, out, report)
-            )
-        snapshots = _take_snapshots(job, when, report)
-        for vg, lv in job.sources:
-            out = outcomes[f"{vg}/{lv}"]
-            if out.error:
-                continue  # its resume failed: send nothing new on top of a broken transfer
-            _guarded(
-                out,
-                lambda vg=vg, lv=lv, out=out: _sync_one(
-                    job, vg, lv, snapshots.get((vg, lv)), target.inventory(), out, report
-                ),
-            )
-        return list(outcomes.values())
-    except TransientError as e:
-        return [
-            Outcome(f"{vg}/{lv}", "failed", transient=True, error=str(e)) for vg, lv in job.sources
+    return _Run(job, report, (now or datetime.now(UTC)).replace(microsecond=0)).run()
+
+
+def exit_status(outcomes: list[Outcome]) -> int:
+    """0 synced, 1 hard failure, 2 usage or configuration, 3 nothing to do, 75 retry later."""
+    failed = [o for o in outcomes if o.status == "failed"]
+    if any(not o.transient and o.exit_code != UsageError.exit_code for o in failed):
+        return 1
+    if failed and not all(o.transient for o in failed):
+        return UsageError.exit_code
+    if failed:
+        return TransientError.exit_code
+    if outcomes and all(o.status == "unchanged" for o in outcomes):
+        return 3
+    return 0
+
+
+class _Run:
+    """The state of one run: what the source VGs and the target hold, kept current here."""
+
+    def __init__(self, job: Job, report: Reporter, when: datetime) -> None:
+        self.job, self.report, self.when = job, report, when
+        self.vols = job.volumes
+        self.outcomes = {f"{vg}/{lv}": Outcome(f"{vg}/{lv}", "failed") for vg, lv in job.sources}
+        self.sources: dict[str, Source] = {}  # by VG/LV, once found
+        self.listings: dict[str, list[lvm.LV]] = {}  # by VG: listed once, kept current
+        self.held: list[Held] = []  # what the target holds: asked once, kept current
+        self.taken: dict[str, lvm.LV] = {}  # this run's snapshots, by VG/LV
+        self.started: set[str] = set()  # sources whose send started
+
+    # -- the run
+
+    def run(self) -> list[Outcome]:
+        job = self.job
+        try:
+            with self.vols.job_lock(job.key) as free:
+                if not free:
+                    raise TransientError(
+                        f"another lvsync is sending to {job.target.label} (job {job.key}); "
+                        "this run starts nothing"
+                    )
+                for name in self.outcomes:
+                    self._guarded(name, self._find_source)
+                self.held = list(job.target.prepare())
+                self._warn_legacy()
+                for name in self._live():
+                    self._guarded(name, self._resume_pending)
+                self._take_snapshots()
+                for name in self._live():
+                    self._guarded(name, self._sync_one)
+        except LvdiffError as e:  # the target or the hooks: every source not yet done
+            for o in self.outcomes.values():
+                if o.status == "failed" and o.error is None:
+                    o.fail(e)
+        finally:
+            try:
+                self._remove_unsent()
+            finally:
+                job.target.close()
+        return list(self.outcomes.values())
+
+    def _live(self) -> list[str]:
+        """Sources still going: found, and not failed so far."""
+        return [n for n, o in self.outcomes.items() if n in self.sources and o.error is None]
+
+    def _guarded(self, name: str, step) -> None:  # noqa: ANN001 - a step of one source
+        """Run one source's step; its failure is that source's outcome, not the run's end.
+
+        KeyboardInterrupt (SIGINT, SIGTERM) is not caught: it ends the run.
+        """
+        try:
+            step(name)
+        except LvdiffError as e:
+            self.outcomes[name].fail(e)
+        except OSError as e:  # from the file system or a pipe: a failure like any other
+            self.outcomes[name].fail(LvdiffError(f"{e.strerror or e}"))
+
+    # -- what is where
+
+    def _listing(self, vg: str) -> list[lvm.LV]:
+        if vg not in self.listings:
+            self.listings[vg] = self.vols.listing(vg)
+        return self.listings[vg]
+
+    def _find_source(self, name: str) -> None:
+        vg, lv = name.split("/", 1)
+        origin = lvm.get_thin(vg, lv, self._listing(vg))
+        src = Source(vg, lv, origin.vg_uuid, self.job.host)
+        self.sources[name], self.outcomes[name].key = src, src.key
+
+    def _snapshots(self, src: Source) -> list[lvm.LV]:
+        """This job's snapshots of ``src``, oldest first."""
+        mine = [
+            s for s in self._listing(src.vg) if naming.is_ours(src, self.job.key, s.name, s.tags)
         ]
-    finally:
-        target.close()
-
-
-def _guarded(out: Outcome, step) -> None:  # noqa: ANN001 - a callable of no arguments
-    """Run one volume's step; its failure is that volume's outcome, not the run's end."""
-    try:
-        step()
-    except TransientError as e:
-        out.status, out.transient, out.error = "failed", True, str(e)
-    except LvdiffError as e:
-        out.status, out.error = "failed", str(e)
-
-
-# -- the steps
-
-
-def _ours(vg: str, lv: str) -> list[lvm.LV]:
-    """lvsync's snapshots of vg/lv, oldest first."""
-    mine = [s for s in lvm.lvs_in_vg(vg) if naming.is_ours(lv, s.name, s.tags)]
-    return sorted(mine, key=lambda s: naming.taken_at(s.name) or datetime.min.replace(tzinfo=UTC))
-
-
-def _held_of(lv: str, held: list[Held]) -> list[Held]:
-    return [h for h in held if naming.is_ours(lv, h.name, h.tags)]
-
-
-def _resume_pending(
-    job: Job, vg: str, lv: str, held: list[Held], out: Outcome, report: Reporter
-) -> None:
-    """Continue a restore the target kept when a transfer was cut, or give it up."""
-    for h in _held_of(lv, held):
-        if h.complete or not h.resume_token:
-            continue
-        token = ResumeToken.parse(h.resume_token)
-        by_identity = {lineage.source_identity(s): s for s in _ours(vg, lv)}
-        new = by_identity.get(token.new_identity)
-        base = by_identity.get(token.base_identity) if token.base_identity else None
-        if new is None or (token.base_identity and base is None):
-            report(Note(f"giving up {job.target.label}/{h.name}: its snapshots are gone here"))
-            if not job.dry_run:
-                job.target.abandon(h.name)
-            continue
-        report(Note(f"resuming {vg}/{new.name} to {job.target.label} at byte {token.offset}"))
-        if job.dry_run:
-            out.status = "would-sync"
-            continue
-        sent = job.target.receive(
-            _producer(job, vg, new.name, base.name if base else None, token),
-            Receive(h.name, base.name if base else None, resume=True, tags=naming.tags_for(lv)),
+        return sorted(
+            mine, key=lambda s: naming.taken_at(s.name) or datetime.min.replace(tzinfo=UTC)
         )
-        out.status, out.resumed = "synced", new.name
-        out.resumed_bytes = sent["bytes"]["written"] + sent["bytes"]["zeroed"]
 
+    def _copies(self, src: Source) -> list[Held]:
+        """What the target holds of exactly ``src`` from this job: never another machine's,
+        another job's or a legacy one."""
+        return [h for h in self.held if naming.is_ours(src, self.job.key, h.name, h.tags)]
 
-def _take_snapshots(job: Job, when: datetime, report: Reporter) -> dict[tuple[str, str], str]:
-    """One read-only snapshot per source, taken one right after the other.
+    def _forget(self, vg: str, name: str) -> None:
+        self.listings[vg] = [lv for lv in self._listing(vg) if lv.name != name]
 
-    LVM freezes each filesystem while it snapshots its volume, so each is
-    consistent on its own; across volumes the snapshots are a moment apart,
-    and the hooks are where an application is made to hold still.
-    """
-    names = {src: naming.snapshot_name(src[1], when) for src in job.sources}
-    if job.dry_run:
-        for (vg, _lv), name in names.items():
-            report(Note(f"would snapshot {vg}/{name}"))
-        return {}
-    _hook(job.pre_snapshot, "pre-snapshot")
-    made = {}
-    try:
-        for (vg, lv), name in names.items():
-            origin = lvm.get_thin(vg, lv)
-            lvm.create_snapshot(origin, name, add_tags=naming.tags_for(lv), writable=False)
-            made[(vg, lv)] = name
-    finally:
-        _hook(job.post_snapshot, "post-snapshot")
-    return made
+    def _warn_legacy(self) -> None:
+        """One note about volumes an older lvsync tagged: kept, never pruned, and how to adopt."""
+        lines = []
+        for src in self.sources.values():
+            here = [
+                s.name for s in self._listing(src.vg) if naming.is_legacy(src.lv, s.name, s.tags)
+            ]
+            there = [h for h in self.held if naming.is_legacy(src.lv, h.name, h.tags)]
+            if not here and not there:
+                continue
+            legacy = naming.LEGACY_PREFIX + src.lv
+            adds = " ".join(f"--addtag {t}" for t in src.tags(self.job.key)[1:])
+            text = f"{len(here)} snapshot(s) of {src.label} and {len(there)} copies on "
+            text += f"{self.job.target.label} carry {legacy} (an older lvsync's tag, which two "
+            text += "machines' volumes of one name share): they are kept and never pruned"
+            if here:
+                names = " ".join(f"{src.vg}/{n}" for n in here)
+                text += f"; to hand them to this job: lvchange {adds} --deltag {legacy} {names}"
+            ids = {lineage.source_identity(s) for s in self._listing(src.vg) if s.name in here}
+            proven = [h.name for h in there if h.identity in ids]
+            vg = getattr(self.job.target, "vg", None)  # a dir: target's still restore as they are
+            if proven and vg:
+                text += (
+                    f"; and on the target, the copies whose identity proves them this source's: "
+                    f"lvchange {adds} --deltag {legacy} " + " ".join(f"{vg}/{n}" for n in proven)
+                )
+            lines.append(text)
+        for text in lines:
+            self.report(Note(text))
+
+    # -- the steps
+
+    def _resume_pending(self, name: str) -> None:
+        """Continue a restore the target kept when a transfer of this source was cut."""
+        job, src, out = self.job, self.sources[name], self.outcomes[name]
+        for h in self._copies(src):
+            if h.complete or not h.resume_token:
+                continue
+            token = ResumeToken.parse(h.resume_token)
+            by_identity = {lineage.source_identity(s): s for s in self._snapshots(src)}
+            new = by_identity.get(token.new_identity)
+            base = by_identity.get(token.base_identity) if token.base_identity else None
+            if new is None or (token.base_identity and base is None):
+                self.report(
+                    Note(f"giving up {job.target.label}/{h.name}: its snapshots are gone here")
+                )
+                if not job.dry_run:
+                    job.target.abandon(h.name)
+                    self.held.remove(h)
+                continue
+            self.report(
+                Note(f"resuming {src.vg}/{new.name} to {job.target.label} at byte {token.offset}")
+            )
+            if job.dry_run:
+                out.status = "would-sync"
+                continue
+            got = job.target.receive(
+                self._producer(src, new.name, base.name if base else None, token),
+                Receive(h.name, base.name if base else None, src, src.tags(job.key), resume=True),
+            )
+            self.held[self.held.index(h)] = replace(h, complete=True, resume_token=None)
+            out.status, out.resumed = "synced", new.name
+            out.resumed_bytes = got.written + got.zeroed
+
+    def _take_snapshots(self) -> None:
+        """One read-only snapshot per source, taken one right after the other.
+
+        LVM freezes each filesystem while it snapshots its volume, so each is
+        consistent on its own; across volumes the snapshots are a moment apart,
+        and the hooks are where an application is made to hold still.  A
+        source that cannot be snapshotted fails alone; a failing hook fails
+        every source of the run.
+        """
+        job = self.job
+        names = {n: naming.snapshot_name(self.sources[n], job.key, self.when) for n in self._live()}
+        if job.dry_run:
+            for n, snap in names.items():
+                self.report(Note(f"would snapshot {self.sources[n].vg}/{snap}"))
+            return
+        if not names:
+            return
+        _hook(job.pre_snapshot, "pre-snapshot")
+        try:
+            for n, snap in names.items():
+                self._guarded(n, lambda n, snap=snap: self._snapshot(n, snap))
+        finally:
+            _hook(job.post_snapshot, "post-snapshot")
+
+    def _snapshot(self, name: str, snap: str) -> None:
+        src = self.sources[name]
+        origin = lvm.get_thin(src.vg, src.lv, self._listing(src.vg))
+        lv = self.vols.snapshot(origin, snap, src.tags(self.job.key))
+        self.taken[name] = lv
+        self._listing(src.vg).append(lv)
+
+    def _sync_one(self, name: str) -> None:
+        job, src, out = self.job, self.sources[name], self.outcomes[name]
+        new = self.taken.get(name)
+        mine = self._snapshots(src)
+        copies = self._copies(src)
+        have = {h.identity for h in copies if h.complete and h.identity}
+        common = [s for s in mine if (new is None or s.name != new.name)]
+        common = [s for s in common if lineage.source_identity(s) in have]
+        base = common[-1] if common else None
+        out.base = base.name if base else None
+        there = {h.identity: h.name for h in copies if h.complete}
+        base_there = there.get(lineage.source_identity(base)) if base else None
+        if job.dry_run:
+            planned = self.vols.planned(src.vg, src.lv, base.name if base else None)
+            estimate = {"bytes_to_read": planned.read_bytes, "bytes_as_zero": planned.zero_bytes}
+            out.status, out.estimate = "would-sync", estimate
+            kind = f"incremental from {base.name}" if base else "full"
+            self.report(
+                Note(
+                    f"would send {src.label} to {job.target.label}: {kind}, "
+                    f"{estimate['bytes_to_read']} bytes"
+                )
+            )
+            self._prune(name, keep_newest=base.name if base else None)
+            return
+        assert new is not None
+        out.snapshot = new.name
+        if base is not None and self._unchanged(src, base, new):
+            self._drop(name)
+            # a transfer resumed in this run was work done, even if nothing changed since
+            out.status, out.snapshot = ("synced" if out.resumed else "unchanged"), None
+            self.report(Note(f"{src.label} has not changed since {base.name}: nothing to send"))
+            self._prune(name, keep_newest=base.name)
+            return
+        self.started.add(name)
+        got = job.target.receive(
+            self._producer(src, new.name, base.name if base else None, None),
+            Receive(new.name, base_there, src, src.tags(job.key)),
+        )
+        self.held.append(
+            Held(new.name, got.identity, new.size, True, True, None, list(src.tags(job.key)))
+        )
+        out.sent, out.status = got.to_dict(), "synced"
+        self.report(
+            Note(
+                f"sent {src.vg}/{new.name} to {job.target.label}"
+                + (f" (from {base.name})" if base else " (full)")
+            )
+        )
+        self._prune(name, keep_newest=new.name)
+
+    def _unchanged(self, src: Source, base: lvm.LV, new: lvm.LV) -> bool:
+        planned = self.vols.planned(src.vg, new.name, base.name)
+        return planned.read_bytes == 0 and planned.zero_bytes == 0 and base.size == new.size
+
+    def _producer(self, src: Source, new: str, base: str | None, resume: ResumeToken | None):  # noqa: ANN202
+        job, vols = self.job, self.vols
+
+        def produce(out: BinaryIO) -> Any:
+            return vols.send(src.vg, new, base, out, resume, job.check_level, job.compress)
+
+        return produce
+
+    def _drop(self, name: str) -> None:
+        """Remove this run's snapshot of a source again."""
+        lv = self.taken.pop(name)
+        self.vols.remove(lv)
+        self._forget(lv.vg, lv.name)
+
+    def _remove_unsent(self) -> None:
+        """Snapshots this run took whose send never started: nothing holds them, so they go."""
+        for name in list(self.taken):
+            if name in self.started:
+                continue
+            lv = self.taken[name]
+            try:
+                self._drop(name)
+                self.report(Note(f"removed {lv.full_name}: it was not sent"))
+            except LvdiffError as e:
+                self.report(Note(f"could not remove {lv.full_name}, which was not sent: {e}"))
+
+    def _prune(self, name: str, keep_newest: str | None) -> None:
+        """Retention on both sides, for this job and this source only; the newest common pair
+        is always kept."""
+        job, src, out = self.job, self.sources[name], self.outcomes[name]
+        verb = "would remove " if job.dry_run else "removing "
+        pinned = {keep_newest} if keep_newest else set()
+        mine = [(s, naming.taken_at(s.name)) for s in self._snapshots(src)]
+        keep = job.retention.keep([(s.name, t) for s, t in mine if t], pinned)
+        for s, _t in mine:
+            if s.name in keep:
+                continue
+            self.report(Note(verb + s.full_name))
+            if not job.dry_run:
+                self.vols.remove(s)
+                self._forget(s.vg, s.name)
+            out.pruned_here.append(s.name)
+        if not job.target.prunable:
+            return
+        theirs = [(h, naming.taken_at(h.name)) for h in self._copies(src) if h.complete]
+        keep = job.retention.keep([(h.name, t) for h, t in theirs if t], pinned)
+        for h, _t in theirs:
+            if h.name in keep:
+                continue
+            self.report(Note(f"{verb}{job.target.label}/{h.name}"))
+            if not job.dry_run:
+                job.target.remove(h.name, src)
+                self.held.remove(h)
+            out.pruned_there.append(h.name)
 
 
 def _hook(command: str | None, what: str) -> None:
@@ -182,126 +415,3 @@ def _hook(command: str | None, what: str) -> None:
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or [""])[-1]
         raise LvdiffError(f"the {what} hook failed (exit {proc.returncode}): {last}")
-
-
-def _sync_one(
-    job: Job, vg: str, lv: str, new: str | None, held: list[Held], out: Outcome, report: Reporter
-) -> None:
-    mine = _ours(vg, lv)
-    have = {h.identity for h in held if h.complete and h.identity}
-    common = [s for s in mine if s.name != new and lineage.source_identity(s) in have]
-    base = common[-1] if common else None
-    out.base = base.name if base else None
-    there = {h.identity: h.name for h in held if h.complete}
-    base_there = there.get(lineage.source_identity(base)) if base else None
-    if job.dry_run:
-        estimate = _estimate(job, vg, lv, base.name if base else None)
-        out.status, out.estimate = "would-sync", estimate
-        kind = f"incremental from {base.name}" if base else "full"
-        report(
-            Note(
-                f"would send {vg}/{lv} to {job.target.label}: {kind}, "
-                f"{estimate['bytes_to_read']} bytes"
-            )
-        )
-        _prune(job, vg, lv, out, report, keep_newest=base.name if base else None)
-        return
-    assert new is not None
-    out.snapshot = new
-    if base is not None and _unchanged(job, vg, base.name, new):
-        lvm.remove(lvm.get_lv(vg, new))
-        # a transfer resumed in this run was work done, even if nothing changed since
-        out.status, out.snapshot = ("synced" if out.resumed else "unchanged"), None
-        report(Note(f"{vg}/{lv} has not changed since {base.name}: nothing to send"))
-        _prune(job, vg, lv, out, report, keep_newest=base.name)
-        return
-    out.sent = job.target.receive(
-        _producer(job, vg, new, base.name if base else None, None),
-        Receive(new, base_there, tags=naming.tags_for(lv)),
-    )
-    out.status = "synced"
-    report(
-        Note(
-            f"sent {vg}/{new} to {job.target.label}"
-            + (f" (from {base.name})" if base else " (full)")
-        )
-    )
-    _prune(job, vg, lv, out, report, keep_newest=new)
-
-
-def _producer(job: Job, vg: str, new: str, base: str | None, resume: ResumeToken | None):  # noqa: ANN202
-    from ..dump import DumpOptions, dump
-
-    def produce(out: BinaryIO) -> Any:
-        opts = DumpOptions(
-            level=job.check_level, thin_delta=job.thin_delta, zstd_level=job.compress, resume=resume
-        )
-        return dump((vg, new), (vg, base) if base else None, out, options=opts)
-
-    return produce
-
-
-def _dry(job: Job, vg: str, new: str, base: str | None) -> Any:
-    import os
-
-    from ..dump import DumpOptions, dump
-
-    opts = DumpOptions(level=0, thin_delta=job.thin_delta, dry_run=True)
-    with open(os.devnull, "wb") as sink:
-        return dump((vg, new), (vg, base) if base else None, sink, options=opts)
-
-
-def _estimate(job: Job, vg: str, lv: str, base: str | None) -> dict[str, int]:
-    """What a run now would send: the live volume stands in for its snapshot."""
-    res = _dry(job, vg, lv, base)
-    return {"bytes_to_read": res.plan.read_bytes, "bytes_as_zero": res.plan.zero_bytes}
-
-
-def _unchanged(job: Job, vg: str, base: str, new: str) -> bool:
-    res = _dry(job, vg, new, base)
-    same_size = lvm.get_lv(vg, base).size == lvm.get_lv(vg, new).size
-    return res.plan.read_bytes == 0 and res.plan.zero_bytes == 0 and same_size
-
-
-def _prune(
-    job: Job, vg: str, lv: str, out: Outcome, report: Reporter, keep_newest: str | None
-) -> None:
-    """Retention on both sides; the newest common snapshot is always kept."""
-    pinned = {keep_newest} if keep_newest else set()
-    mine = [(s.name, naming.taken_at(s.name)) for s in _ours(vg, lv)]
-    keep = job.retention.keep([(n, t) for n, t in mine if t], pinned)
-    for name, _t in mine:
-        if name not in keep:
-            report(Note(("would remove " if job.dry_run else "removing ") + f"{vg}/{name}"))
-            if not job.dry_run:
-                lvm.remove(lvm.get_lv(vg, name))
-            out.pruned_here.append(name)
-    if not job.target.prunable:
-        return
-    theirs = [
-        (h.name, naming.taken_at(h.name))
-        for h in _held_of(lv, job.target.inventory())
-        if h.complete
-    ]
-    keep = job.retention.keep([(n, t) for n, t in theirs if t], pinned)
-    for name, _t in theirs:
-        if name not in keep:
-            report(
-                Note(
-                    ("would remove " if job.dry_run else "removing ") + f"{job.target.label}/{name}"
-                )
-            )
-            if not job.dry_run:
-                job.target.remove(name, naming.tags_for(lv))
-            out.pruned_there.append(name)
-
-
-def exit_status(outcomes: list[Outcome]) -> int:
-    """0 synced, 1 hard failure, 3 nothing to do, 75 transient failure worth a retry."""
-    if any(o.status == "failed" and not o.transient for o in outcomes):
-        return 1
-    if any(o.transient for o in outcomes):
-        return 75
-    if outcomes and all(o.status == "unchanged" for o in outcomes):
-        return 3
-    return 0

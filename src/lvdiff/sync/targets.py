@@ -1,9 +1,10 @@
 """Where lvsync sends: a volume group here, one over ssh, or a directory of stream files.
 
 All three answer the same small interface (:class:`Target`), so another store
-(object storage) can be added behind it later: say what you hold (volumes
-with their identities, restores kept for resuming), receive a stream under a
-name, remove one of lvsync's volumes, give up a kept restore.
+(the repository to come) can be added behind it: reach the target once and
+say what it holds (:meth:`Target.prepare`), receive a stream under a name,
+remove one of this source's copies, give up a kept restore.  Results are
+typed (:class:`Received`); the command line only renders them.
 """
 
 from __future__ import annotations
@@ -11,50 +12,89 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
 import tempfile
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from .. import __version__, lvm
-from ..errors import LvdiffError, UsageError
-from ..inventory import Held, inventory
+from ..errors import LvdiffError, TransientError, UsageError
+from ..inventory import Held, Inventory, inventory
 from ..stream.digest import Digest, HashingWriter
+from .naming import Source
 
 Producer = Callable[[BinaryIO], Any]  # writes one lvdiff stream into the file it is given
 
-
-class TransientError(LvdiffError):
-    """Worth a retry later: the target was unreachable, or the link dropped."""
-
-    exit_code = 75
+# The far side's failures worth a retry, by class (lvpatch --json's "error"): the
+# stream stopped before its END (the link was cut), or lvpatch was interrupted
+# (a dropped ssh session hangs up its command).
+TRANSIENT_REMOTE = frozenset({"TruncatedStream", "Interrupted"})
+_HOST_RE = re.compile(r"^(?:[A-Za-z0-9_.][A-Za-z0-9_.-]*@)?[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
 @dataclass(frozen=True)
 class Receive:
     """What to make of one stream on the target."""
 
-    name: str  # the restored volume's name (the snapshot's)
+    name: str  # the copy's name (the snapshot's)
     base: str | None  # the target volume it applies onto; None for a full stream
+    source: Source
+    tags: tuple[str, ...]  # the copy's (naming.Source.tags): lvsync's, the source's, the job's
     resume: bool = False  # continue a kept restore instead of starting one
-    tags: tuple[str, ...] = ()
     checkpoint_mib: int = 64
 
 
+@dataclass(frozen=True)
+class Received:
+    """What the target made of one stream."""
+
+    target: str  # where it went, for people
+    identity: str | None  # of the copy: NEW's
+    kind: str
+    written: int  # bytes of data written
+    zeroed: int  # bytes written or discarded as zeros
+    digest: str | None  # algorithm:hex of the stream
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_summary(cls, obj: dict[str, Any]) -> Received:
+        """From the summary ``lvpatch --json`` writes after a restore (README)."""
+        try:
+            return cls(
+                obj["target"],
+                obj["new"]["identity"],
+                obj["kind"],
+                int(obj["bytes"]["written"]),
+                int(obj["bytes"]["zeroed"]),
+                obj.get("stream_digest"),
+                float(obj.get("seconds", 0.0)),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise LvdiffError(f"the far side's lvpatch did not describe a restore: {e}") from None
+
+
 class Target(Protocol):
-    label: str
+    label: str  # for people
+    key: str  # the target spelled canonically: what names the job
     prunable: bool  # whether retention may remove what it holds
 
-    def prepare(self) -> None: ...
-    def inventory(self) -> list[Held]: ...
-    def receive(self, produce: Producer, what: Receive) -> dict[str, Any]: ...
-    def remove(self, name: str, required_tags: tuple[str, ...]) -> None: ...
+    def prepare(self) -> list[Held]:
+        """Reach the target once: what it holds; refuse, before anything is made, what
+        cannot work (a VG without one thin pool to put a full stream in)."""
+        ...
+
+    def receive(self, produce: Producer, what: Receive) -> Received: ...
+    def remove(self, name: str, source: Source) -> None: ...
     def abandon(self, name: str) -> None: ...
     def close(self) -> None: ...
 
@@ -62,6 +102,8 @@ class Target(Protocol):
 def parse_target(spec: str, ssh_options: list[str], remote_lvpatch: str = "lvpatch") -> Target:
     """``VG[/POOL]``, ``[user@]host:VG[/POOL]`` or ``dir:/path``."""
     if spec.startswith("dir:"):
+        if not spec[4:]:
+            raise UsageError("dir: needs a path: dir:/srv/lvsync")
         return DirTarget(Path(spec[4:]))
     host, sep, where = spec.rpartition(":")
     vg, _, pool = where.partition("/")
@@ -69,10 +111,26 @@ def parse_target(spec: str, ssh_options: list[str], remote_lvpatch: str = "lvpat
     if pool:
         lvm.check_name(pool, "pool name")
     if sep:
-        if not host or host.startswith("-"):
-            raise UsageError(f"cannot read the target host in {spec!r}")
+        if not _HOST_RE.match(host):
+            raise UsageError(
+                f"cannot read the target host in {spec!r}: give [user@]host (letters, digits, "
+                "'.', '_', '-'; an ssh_config Host alias for anything else)"
+            )
         return SshTarget(host, vg, pool or None, ssh_options, remote_lvpatch)
     return LocalTarget(vg, pool or None)
+
+
+def _pick_pool(where: str, wanted: str | None, pools: list[str]) -> str:
+    """The pool a full stream goes to: the one named, else the VG's only one."""
+    if wanted:
+        if wanted not in pools:
+            raise UsageError(f"{where} has no thin pool {wanted} (it has: {', '.join(pools)})")
+        return wanted
+    if len(pools) == 1:
+        return pools[0]
+    if not pools:
+        raise UsageError(f"{where} has no thin pool to restore into")
+    raise UsageError(f"{where} has thin pools {', '.join(pools)}: name one, as VG/POOL")
 
 
 @dataclass
@@ -87,15 +145,17 @@ class LocalTarget:
     def label(self) -> str:
         return f"{self.vg}/{self.pool}" if self.pool else self.vg
 
-    def prepare(self) -> None:
-        pass  # inventory() is what reaches the VG
+    @property
+    def key(self) -> str:
+        return f"local:{self.vg}"
 
-    def inventory(self) -> list[Held]:
-        return inventory(self.vg)
+    def prepare(self) -> list[Held]:
+        found = inventory(self.vg)
+        self.pool = _pick_pool(f"volume group {self.vg}", self.pool, found.pools)
+        return found.volumes
 
-    def receive(self, produce: Producer, what: Receive) -> dict[str, Any]:
+    def receive(self, produce: Producer, what: Receive) -> Received:
         from ..apply import ApplyOptions, apply_stream
-        from ..cli.lvpatch import summary
 
         r, w = os.pipe()
         failure: list[BaseException] = []
@@ -134,16 +194,24 @@ class LocalTarget:
         writer.join()
         if failure:
             raise failure[0]
-        return summary(res, (datetime.now(UTC) - started).total_seconds(), res.digest)
+        t = res.totals
+        return Received(
+            res.target,
+            res.header.new.identity,
+            res.header.kind,
+            t.data_bytes,
+            t.zero_bytes,
+            str(res.digest) if res.digest else None,
+            (datetime.now(UTC) - started).total_seconds(),
+        )
 
     def close(self) -> None:
         pass
 
-    def remove(self, name: str, required_tags: tuple[str, ...]) -> None:
-        lv = lvm.get_lv(self.vg, name)
-        if not set(required_tags) <= set(lv.tags):
-            raise LvdiffError(f"{lv.full_name} is not lvsync's; not removing it")
-        lvm.remove(lv)
+    def remove(self, name: str, source: Source) -> None:
+        from ..apply import prune
+
+        prune(self.vg, name, source.tag)
 
     def abandon(self, name: str) -> None:
         from ..apply import abandon
@@ -157,6 +225,9 @@ class SshTarget:
 
     BatchMode (no prompts), one ControlMaster connection per run, the user's
     ~/.ssh/config honoured; ``ssh_options`` pass through (-p, -i, -o ...).
+    The far side is asked for its inventory once per run; a failure there
+    comes back as data (``lvpatch --json``'s error class), never read from
+    the words of a message.
     """
 
     host: str
@@ -170,6 +241,10 @@ class SshTarget:
     @property
     def label(self) -> str:
         return f"{self.host}:{self.vg}" + (f"/{self.pool}" if self.pool else "")
+
+    @property
+    def key(self) -> str:
+        return f"ssh:{self.host}:{self.vg}"
 
     def _ssh(self, *remote: str) -> list[str]:
         return [
@@ -188,61 +263,83 @@ class SshTarget:
             shlex.join([*shlex.split(self.lvpatch), *remote]),
         ]
 
-    def _run(self, *remote: str) -> str:
+    def _run(self, *remote: str) -> dict[str, Any]:
+        """Run the far side's lvpatch with --json; its summary, or its failure raised."""
         try:
             proc = subprocess.run(
-                self._ssh(*remote), stdin=subprocess.DEVNULL, capture_output=True, check=False
+                self._ssh(*remote, "--json"),
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                check=False,
             )
         except FileNotFoundError:
             raise UsageError("ssh not found: install openssh-client") from None
-        return self._result(proc.returncode, proc.stdout, proc.stderr)
+        return self.result(proc.returncode, proc.stdout, proc.stderr)
 
-    def _result(self, rc: int, out: bytes, err: bytes) -> str:
-        text = err.decode(errors="replace").strip().splitlines()
-        last = text[-1] if text else ""
+    def result(self, rc: int, out: bytes, err: bytes) -> dict[str, Any]:
+        """What the far side's answer means: its JSON summary, or an error of the right kind.
+
+        ssh exits 255 for its own failures (unreachable, refused, the link
+        lost): worth a retry.  Otherwise the far side's lvpatch says what
+        failed as ``{"error": {"class", "exit", "message"}}``; only a cut
+        stream or an interrupted lvpatch is transient.
+        """
+        try:
+            obj = json.loads(out.decode(errors="replace").strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            obj = None
+        obj = obj if isinstance(obj, dict) else {}
         if rc == 255:
-            raise TransientError(f"cannot reach {self.host} over ssh: {last}")
+            raise TransientError(
+                f"cannot reach {self.host} over ssh, or the connection was lost"
+                + (f": {m}" if (m := _ssh_message(err)) else "")
+            )
         if rc < 0:  # ssh itself was killed: the connection is gone, whatever the far side did
             raise TransientError(f"the ssh connection to {self.host} was lost (signal {-rc})")
-        if rc != 0:
-            if "stream ends before" in last or "interrupted" in last:
-                raise TransientError(f"the transfer to {self.host} was cut: {last}")
-            raise LvdiffError(f"lvpatch on {self.host} failed (exit {rc}): {last}")
-        return out.decode(errors="replace")
+        error = obj.get("error")
+        if rc == 0 and not error:
+            return obj
+        if isinstance(error, dict):
+            cls, message = str(error.get("class")), str(error.get("message"))
+            if cls in TRANSIENT_REMOTE:
+                raise TransientError(f"the transfer to {self.host} was cut ({cls}): {message}")
+            raise LvdiffError(f"lvpatch on {self.host} failed ({cls}): {message}")
+        last = (err.decode(errors="replace").strip().splitlines() or [""])[-1]
+        raise LvdiffError(f"lvpatch on {self.host} failed (exit {rc}): {last}")
 
-    def prepare(self) -> None:
-        pass  # inventory() is what reaches the host, and names its version
-
-    def inventory(self) -> list[Held]:
-        try:
-            obj = json.loads(self._run("--list", "-g", self.vg, "--json"))
-        except ValueError:
-            obj = {}
+    def prepare(self) -> list[Held]:
+        obj = self._run("--list", "-g", self.vg)
         if obj.get("tool") != f"lvpatch {__version__}":
             raise LvdiffError(
                 f"{self.host} runs {obj.get('tool') or 'an lvpatch that cannot list'}, this is "
                 f"lvsync {__version__}: install the same lvdiff version on both sides"
             )
-        return [Held(**v) for v in obj["volumes"]]
+        try:
+            found = Inventory.from_dict(obj)
+        except ValueError as e:
+            raise LvdiffError(f"{self.host}: {e}") from None
+        self.pool = _pick_pool(f"{self.host}:{self.vg}", self.pool, found.pools)
+        return found.volumes
 
-    def receive(self, produce: Producer, what: Receive) -> dict[str, Any]:
+    def receive(self, produce: Producer, what: Receive) -> Received:
         # the stream's own digest: free, where SHA-256 would cost the far side a core
-        args = ["--no-progress", "--json", "--digest", "xxh128", "-g", self.vg]
+        args = ["--no-progress", "--digest", "xxh128", "-g", self.vg]
         if what.resume:
             args.append("--resume")
         else:
             args += ["-s", "--checkpoint-mib", str(what.checkpoint_mib)]
             args += ["-l", what.base] if what.base else ["-p", self.pool or ""]
-            if not what.base and not self.pool:
-                raise UsageError(f"a full stream needs a pool on {self.host}: give VG/POOL")
         for t in what.tags:
             args += ["--tag", t]
-        proc = subprocess.Popen(
-            self._ssh(*args, what.name),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        try:
+            proc = subprocess.Popen(
+                self._ssh(*args, "--json", what.name),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+        except FileNotFoundError:
+            raise UsageError("ssh not found: install openssh-client") from None
         outputs: dict[str, bytes] = {}
         drain = threading.Thread(target=lambda: outputs.update(_read_both(proc)))
         drain.start()
@@ -251,7 +348,7 @@ class SshTarget:
             assert proc.stdin is not None
             produce(proc.stdin)
         except BrokenPipeError:
-            pass  # the far side stopped reading: its exit status says why
+            pass  # the far side stopped reading: its answer says why
         except BaseException as e:
             sent = e
         finally:
@@ -260,28 +357,35 @@ class SshTarget:
                     proc.stdin.close()
             proc.wait()
             drain.join()
-        result = self._result(proc.returncode, outputs.get("out", b""), outputs.get("err", b""))
         if sent is not None:
+            # The sending side failed first (a read error, Ctrl-C, SIGTERM): that is the
+            # news; the far side only saw the stream stop.
             raise sent
-        return json.loads(result)
+        obj = self.result(proc.returncode, outputs.get("out", b""), outputs.get("err", b""))
+        return Received.from_summary(obj)
 
-    def remove(self, name: str, required_tags: tuple[str, ...]) -> None:
-        args = ["--prune", "-g", self.vg]
-        for t in required_tags:
-            args += ["--tag", t]
-        self._run(*args, name)
+    def remove(self, name: str, source: Source) -> None:
+        self._run("--prune", source.tag, "-g", self.vg, name)
 
     def abandon(self, name: str) -> None:
         self._run("--abandon", "-g", self.vg, name)
 
     def close(self) -> None:
         """End the shared connection and its socket directory."""
-        subprocess.run(
-            ["ssh", "-o", f"ControlPath={self._control}/%C", "-O", "exit", self.host],
-            capture_output=True,
-            check=False,
-        )
+        with contextlib.suppress(FileNotFoundError):
+            subprocess.run(
+                ["ssh", "-o", f"ControlPath={self._control}/%C", "-O", "exit", self.host],
+                capture_output=True,
+                check=False,
+            )
         shutil.rmtree(self._control, ignore_errors=True)
+
+
+def _ssh_message(err: bytes) -> str:
+    """ssh's own last line: the far side's lvpatch starts each of its lines with its name."""
+    lines = [ln for ln in err.decode(errors="replace").strip().splitlines() if ln.strip()]
+    own = [ln for ln in lines if not ln.startswith("lvpatch")]
+    return own[-1].strip() if own else ""
 
 
 def _read_both(proc: subprocess.Popen[bytes]) -> dict[str, bytes]:
@@ -290,15 +394,23 @@ def _read_both(proc: subprocess.Popen[bytes]) -> dict[str, bytes]:
     return {"out": out, "err": err}
 
 
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 3  # 3: one per source folder; 2: one for the whole directory (still read)
+
+
 @dataclass
 class DirTarget:
-    """A directory of stream files and a manifest naming each stream's base and NEW.
+    """A directory of stream files, one folder per source, each with a manifest.
 
-    ``<path>/<volume>/<snapshot>.lvd`` plus ``<path>/manifest.json``.  A stream
-    is written under a temporary name and renamed once complete, then the
-    manifest is replaced; a cut transfer leaves a ``.partial`` file the next
-    run removes (these targets do not resume).  Streams of a chain depend on
-    each other, so retention never removes them here.
+    ``<path>/<VG UUID>/<LV>/<snapshot>.lvd`` and ``.../manifest.json`` (see
+    docs/FORMAT.md): several machines can write into one directory at once,
+    since no two sources share a file.  A stream is written under a temporary
+    name, digested (SHA-256) as it is written, renamed once complete, then
+    the manifest is replaced; a cut transfer leaves a ``.partial`` file the
+    next run of that source removes (these targets do not resume).  Streams
+    of a chain depend on each other, so retention never removes them here.
+    A directory an older lvsync wrote (one ``<path>/manifest.json``) still
+    restores; lvsync starts new chains beside it.
     """
 
     path: Path
@@ -308,29 +420,47 @@ class DirTarget:
     def label(self) -> str:
         return f"dir:{self.path}"
 
-    def prepare(self) -> None:
+    @property
+    def key(self) -> str:
+        return f"dir:{self.path.resolve()}"
+
+    def prepare(self) -> list[Held]:
         self.path.mkdir(parents=True, exist_ok=True)
-        for partial in self.path.glob("*/*.partial"):
-            partial.unlink()
-
-    def manifest(self) -> list[dict[str, Any]]:
-        try:
-            return json.loads((self.path / "manifest.json").read_text())["streams"]
-        except FileNotFoundError:
-            return []
-
-    def inventory(self) -> list[Held]:
         return [
             Held(s["name"], s["identity"], s["size"], True, True, None, list(s["tags"]))
-            for s in self.manifest()
+            for s in self.streams()
         ]
 
-    def receive(self, produce: Producer, what: Receive) -> dict[str, Any]:
+    def folder(self, source_key: str) -> Path:
+        return self.path / source_key
+
+    def manifests(self) -> list[Path]:
+        """Each source's manifest (version 3), then the directory-wide one of version 2."""
+        found = sorted(self.path.glob(f"*/*/{MANIFEST}"))
+        legacy = self.path / MANIFEST
+        return found + ([legacy] if legacy.exists() else [])
+
+    def streams(self, manifest: Path | None = None) -> list[dict[str, Any]]:
+        """The streams one manifest lists (all of them with none given), in the order written."""
+        out: list[dict[str, Any]] = []
+        for m in [manifest] if manifest else self.manifests():
+            try:
+                doc = json.loads(m.read_text())
+            except FileNotFoundError:
+                continue
+            except ValueError as e:
+                raise LvdiffError(f"{m} is not a manifest lvsync wrote: {e}") from None
+            out += doc["streams"]
+        return out
+
+    def receive(self, produce: Producer, what: Receive) -> Received:
         if what.resume:
             raise UsageError("a dir: target does not resume transfers")
-        lv = next(t for t in what.tags if t.startswith("lvsync_source:")).split(":", 1)[1]
-        folder = self.path / lv
+        started = datetime.now(UTC)
+        folder = self.folder(what.source.key)
         folder.mkdir(parents=True, exist_ok=True)
+        for partial in folder.glob("*.partial"):  # this source's cut transfers
+            partial.unlink(missing_ok=True)
         final = folder / f"{what.name}.lvd"
         partial = folder / f"{what.name}.lvd.partial"
         try:
@@ -343,7 +473,7 @@ class DirTarget:
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
-        h = result.header
+        h, digest = result.header, str(out.digest())
         entry = {
             "file": str(final.relative_to(self.path)),
             "name": what.name,
@@ -352,19 +482,33 @@ class DirTarget:
             "base_identity": h.base.identity if h.base else None,
             "kind": h.kind,
             "size": h.volume_size,
-            "digest": str(out.digest()),
+            "digest": digest,
             "tags": list(what.tags),
             "written": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
-        streams = self.manifest() + [entry]
-        tmp = self.path / ".manifest.json.tmp"
-        tmp.write_text(json.dumps({"version": 2, "streams": streams}, indent=1) + "\n")
+        manifest = folder / MANIFEST
+        doc = {
+            "version": MANIFEST_VERSION,
+            "source": what.source.to_dict(),
+            "streams": self.streams(manifest) + [entry],
+        }
+        tmp = folder / f".{MANIFEST}.tmp"
+        tmp.write_text(json.dumps(doc, indent=1) + "\n")
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        os.rename(tmp, self.path / "manifest.json")
-        return {"target": str(final), "stream_digest": str(out.digest()), "kind": h.kind}
+        os.rename(tmp, manifest)
+        t = result.totals
+        return Received(
+            str(final),
+            h.new.identity,
+            h.kind,
+            t.data_bytes,
+            t.zero_bytes,
+            digest,
+            (datetime.now(UTC) - started).total_seconds(),
+        )
 
-    def remove(self, name: str, required_tags: tuple[str, ...]) -> None:
+    def remove(self, name: str, source: Source) -> None:
         raise LvdiffError("streams in a dir: target are never pruned (a chain needs them all)")
 
     def abandon(self, name: str) -> None:

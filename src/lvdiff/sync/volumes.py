@@ -1,0 +1,103 @@
+"""The source side of an lvsync run: the handful of volume operations it needs, behind one seam.
+
+lvsync's decisions (which snapshot is the common base, what to resume or
+give up, what retention removes, what a failure leaves behind) depend only
+on names, tags, identities and attributes.  The job reaches LVM and the
+lvdiff engine only through a :class:`Volumes`, so those decisions are tested
+in milliseconds against an in-memory one (tests/unit/test_sync_job.py) and
+on the real kernel through :class:`LvmVolumes`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import BinaryIO, Protocol
+
+from .. import lvm
+from ..plan import PlanTotals
+from ..resume import ResumeToken
+
+
+class Sent(Protocol):
+    """What sending a stream reports back (lvdiff.dump.DumpResult has these)."""
+
+    @property
+    def plan(self) -> PlanTotals: ...
+
+
+class Volumes(Protocol):
+    def listing(self, vg: str) -> list[lvm.LV]:
+        """Every volume of ``vg`` (UsageError if there is no such VG)."""
+        ...
+
+    def snapshot(self, origin: lvm.LV, name: str, tags: Sequence[str]) -> lvm.LV:
+        """A new read-only thin snapshot of ``origin``, tagged."""
+        ...
+
+    def remove(self, lv: lvm.LV) -> None: ...
+
+    def send(
+        self,
+        vg: str,
+        new: str,
+        base: str | None,
+        out: BinaryIO,
+        resume: ResumeToken | None,
+        level: int,
+        compress: int | None,
+    ) -> Sent:
+        """Write the stream from ``base`` (None: full) to ``new`` into ``out``."""
+        ...
+
+    def planned(self, vg: str, new: str, base: str | None) -> PlanTotals:
+        """What that stream would carry, from the pool's metadata alone."""
+        ...
+
+    def job_lock(self, key: str) -> AbstractContextManager[bool]:
+        """Held while a run of job ``key`` works; False at once if another run holds it."""
+        ...
+
+
+class LvmVolumes:
+    """The real thing: LVM's commands and the lvdiff engine."""
+
+    def __init__(self, thin_delta: str = "thin_delta") -> None:
+        self.thin_delta = thin_delta
+
+    def listing(self, vg: str) -> list[lvm.LV]:
+        return lvm.lvs_in_vg(vg)
+
+    def snapshot(self, origin: lvm.LV, name: str, tags: Sequence[str]) -> lvm.LV:
+        return lvm.create_snapshot(origin, name, add_tags=tags, writable=False)
+
+    def remove(self, lv: lvm.LV) -> None:
+        lvm.remove(lv)
+
+    def send(
+        self,
+        vg: str,
+        new: str,
+        base: str | None,
+        out: BinaryIO,
+        resume: ResumeToken | None,
+        level: int,
+        compress: int | None,
+    ) -> Sent:
+        from ..dump import DumpOptions, dump
+
+        opts = DumpOptions(
+            level=level, thin_delta=self.thin_delta, zstd_level=compress, resume=resume
+        )
+        return dump((vg, new), (vg, base) if base else None, out, options=opts)
+
+    def planned(self, vg: str, new: str, base: str | None) -> PlanTotals:
+        from ..dump import DumpOptions, dump
+
+        opts = DumpOptions(level=0, thin_delta=self.thin_delta, dry_run=True)
+        with open(os.devnull, "wb") as sink:
+            return dump((vg, new), (vg, base) if base else None, sink, options=opts).plan
+
+    def job_lock(self, key: str) -> AbstractContextManager[bool]:
+        return lvm.job_lock(key)
