@@ -92,95 +92,35 @@ def same(vg_a, name_a: str, vg_b, name_b: str) -> bool:
     return sha256_of(vg_a.dev(name_a)) == sha256_of(vg_b.dev(name_b))
 
 
-def test_over_ssh_runs_resumes_falls_back_and_prunes(loop_vg, sshd):
-    rnd = random.Random(51)
-    src = loop_vg(prefix="src")
-    src.pool(size_mb=200)
-    vol = src.thin("vol", 48)
-    write_at(vol, 0, rnd.randbytes(8 * M))
-    dst = loop_vg(prefix="dst")
-    dst.pool(size_mb=300)
-    target = f"root@127.0.0.1:{dst.name}/pool"
-    args = [*sshd, "--keep-last", "2", f"{src.name}/vol", target]
-
-    for run in range(5):  # five nights, each bit-exact, two kept on each side
-        if run:
-            change(rnd, vol, 48 * M)
-        code, summary, err = lvsync(*args)
-        assert code == 0, err
-        newest = ours(src.name)[-1]
-        assert summary["jobs"][0]["volumes"][0]["snapshot"] == newest
-        assert same(src, newest, dst, newest), f"run {run}"
-        time.sleep(1.1)  # snapshot names have one-second resolution
-    assert ours(src.name) == ours(dst.name) and len(ours(src.name)) == 2
-    assert all(lv_tags(dst.name, n).count("lvdiff_identity:") == 1 for n in ours(dst.name))
-
-    # nothing changed: nothing to do, and no snapshot kept for it
-    before = ours(src.name)
-    code, _summary, err = lvsync(*args)
-    assert code == 3 and ours(src.name) == before, err
-    time.sleep(1.1)
-
-    # the newest copy removed by hand on the target: the run falls back to the older pair
-    sh("lvremove", "-q", "-f", f"{dst.name}/{before[-1]}")
-    change(rnd, vol, 48 * M)
-    code, summary, err = lvsync(*args)
-    volume = summary["jobs"][0]["volumes"][0]
-    assert code == 0 and volume["base"] == before[0], err
-    assert same(src, volume["snapshot"], dst, volume["snapshot"])
-    time.sleep(1.1)
-
-    # the ssh connection killed mid-transfer: the next run resumes, sending only the rest
-    write_at(vol, 8 * M, rnd.randbytes(40 * M))  # incompressible
-    slow = IMAGES / "slow-link"  # 4 MiB/s towards the server: the kill lands mid-transfer
-    slow.mkdir(exist_ok=True)
-    (slow / "ssh").write_text(SLOW_SSH)
-    (slow / "ssh").chmod(0o755)
-    proc = subprocess.Popen(
-        [str(BIN / "lvsync"), "--json", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "PATH": f"{slow}:{os.environ['PATH']}"},
-    )
-
-    def started() -> bool:
-        return any("lvdiff_incomplete" in lv_tags(dst.name, n) for n in lv_names(dst.name))
-
-    wait_for(started, "the transfer to start")
-    time.sleep(3)
-    subprocess.run(["pkill", "-KILL", "-x", "ssh"], check=False)
-    _out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 75, err.decode()  # transient: worth a retry
-    cut = next(n for n in lv_names(dst.name) if "lvdiff_incomplete" in lv_tags(dst.name, n))
-    assert "lvdiff_resume:" in lv_tags(dst.name, cut)
-    time.sleep(1.1)
-    code, summary, err = lvsync(*args)
-    volume = summary["jobs"][0]["volumes"][0]
-    assert code == 0 and volume["resumed"] == cut, err
-    assert 0 < volume["resumed_bytes"] < 40 * M  # less than the whole stream again
-    assert same(src, cut, dst, cut)
-    assert ours(src.name) == ours(dst.name) and len(ours(dst.name)) == 2
-
-
-def test_to_a_directory_then_the_whole_chain_restored(loop_vg):
+def test_two_machines_into_one_directory_then_every_chain_restored(loop_vg):
+    """Two machines' `vol` into one dir: target: a folder and a chain each, both restored."""
     rnd = random.Random(52)
-    src = loop_vg(prefix="src")
-    src.pool(size_mb=100)
-    vol = src.thin("vol", 16)
-    write_at(vol, 0, rnd.randbytes(4 * M))
+    machines = []
+    for m in ("a", "b"):
+        src = loop_vg(prefix=f"src{m}")
+        src.pool(size_mb=100)
+        vol = src.thin("vol", 16)
+        write_at(vol, 0, rnd.randbytes(4 * M))
+        machines.append((src, vol))
     store = IMAGES / "streams"
-    for run in range(5):
-        if run:
-            change(rnd, vol, 16 * M)
-        code, _summary, err = lvsync("--keep-last", "10", f"{src.name}/vol", f"dir:{store}")
-        assert code == 0, err
+    for run in range(2):
+        for src, vol in machines:
+            if run:
+                change(rnd, vol, 16 * M)
+            code, _summary, err = lvsync("--keep-last", "10", f"{src.name}/vol", f"dir:{store}")
+            assert code == 0, err
         time.sleep(1.1)
-    manifest = json.loads((store / "manifest.json").read_text())["streams"]
-    assert [s["kind"] for s in manifest] == ["full"] + ["incremental"] * 4
-    for s in manifest:  # each stream's SHA-256 is kept, to check it by
-        digest = hashlib.sha256((store / s["file"]).read_bytes()).hexdigest()
-        assert s["digest"] == f"sha256:{digest}"
+    for src, _vol in machines:
+        uuid = sh("vgs", "--noheadings", "-o", "vg_uuid", src.name).strip()
+        doc = json.loads((store / uuid / "vol" / "manifest.json").read_text())
+        manifest = doc["streams"]
+        assert doc["version"] == 3 and doc["source"]["key"] == f"{uuid}/vol"
+        assert [s["kind"] for s in manifest] == ["full", "incremental"]
+        for s in manifest:  # each stream's SHA-256 is kept, to check it by
+            digest = hashlib.sha256((store / s["file"]).read_bytes()).hexdigest()
+            assert s["digest"] == f"sha256:{digest}"
     # a dry run says what it would send, and changes nothing
+    src, vol = machines[0]
     change(rnd, vol, 16 * M)
     before = ours(src.name)
     code, summary, err = lvsync("-n", "--keep-last", "10", f"{src.name}/vol", f"dir:{store}")
@@ -188,11 +128,154 @@ def test_to_a_directory_then_the_whole_chain_restored(loop_vg):
     assert code == 0 and volume["status"] == "would-sync", err
     assert volume["base"] == before[-1] and volume["estimate"]["bytes_to_read"] > 0
     assert ours(src.name) == before
-    assert json.loads((store / "manifest.json").read_text())["streams"] == manifest
+    dst = loop_vg(prefix="dst")
+    dst.pool(size_mb=200)
+    code, summary, err = lvsync("--restore", f"dir:{store}", f"{dst.name}/pool")
+    assert code == 0, err
+    restored = {c["source"].split("/")[0]: c["volumes"] for c in summary["chains"]}
+    for src, _vol in machines:
+        uuid = sh("vgs", "--noheadings", "-o", "vg_uuid", src.name).strip()
+        assert restored[uuid] == ours(src.name)
+        for name in ours(src.name):
+            assert same(src, name, dst, name), name
+
+
+def remote_starts(log) -> list[str]:  # noqa: ANN001
+    """What the far side's lvpatch was asked to do, one line per start."""
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def test_two_machines_two_jobs_each_into_one_vg_and_one_directory(loop_vg, sshd):
+    """Issue 18's setting on real LVM: two machines whose volumes share a name, each with an
+    hourly job here and a nightly one over a real sshd, all into one backup VG (machine B's
+    hourly one into a directory). On the way: retention, a run with nothing to do, a copy
+    removed by hand, the link killed mid-transfer and resumed, a source volume removed, a
+    target VG of two pools."""
+    rnd = random.Random(53)
+    vgs, vols, sizes = {}, {}, {"A": 40, "B": 16}
+    for m in ("A", "B"):
+        vgs[m] = loop_vg(prefix=f"src{m}")
+        vgs[m].pool(size_mb=140)
+        vols[m] = vgs[m].thin("data", sizes[m])
+        write_at(vols[m], 0, rnd.randbytes(4 * M))
+    vgs["A"].thin("extra", 8)
+    bak = loop_vg(prefix="bak", size_mb=640)
+    bak.pool(size_mb=560)
+    store = IMAGES / "store-b"
+    counted = IMAGES / "counted-lvpatch"  # the far side's lvpatch, counting its starts
+    log = IMAGES / "remote-starts.log"
+    counted.write_text(f'#!/bin/sh\necho "$*" >> {log}\nexec {BIN / "lvpatch"} "$@"\n')
+    counted.chmod(0o755)
+    ssh = [*sshd[:-2], "--remote-lvpatch", str(counted)]
+    keep = ["--keep-last", "2"]
+    target = f"root@127.0.0.1:{bak.name}/pool"
+
+    def hourly(m: str) -> tuple[int, dict, str]:
+        if m == "A":  # into the backup VG, spelled without its pool: its only one is used
+            return lvsync(*keep, f"{vgs['A'].name}/data", f"{vgs['A'].name}/extra", bak.name)
+        return lvsync(*keep, f"{vgs['B'].name}/data", f"dir:{store}")
+
+    def nightly(m: str) -> tuple[int, dict, str]:
+        return lvsync(*ssh, *keep, f"{vgs[m].name}/data", target)
+
+    def outcome(summary: dict, source: str) -> dict:
+        return next(v for v in summary["jobs"][0]["volumes"] if v["source"] == source)
+
+    def run(m: str, job) -> dict:  # noqa: ANN001
+        change(rnd, vols[m], sizes[m] * M)
+        code, summary, err = job(m)
+        assert code == 0, err
+        data = outcome(summary, f"{vgs[m].name}/data")
+        assert data["status"] == "synced" and data["key"].endswith("/data"), err
+        if job is nightly or m == "A":  # its copy in the backup VG is the snapshot
+            assert same(vgs[m], data["snapshot"], bak, data["snapshot"])
+        time.sleep(1.1)  # snapshot names have one-second resolution
+        return data
+
+    b_copies = set()
+    first = {m: run(m, nightly) for m in ("A", "B")}
+    b_copies.add(first["B"]["snapshot"])
+    for m in ("A", "B"):
+        assert first[m]["base"] is None  # full: the first of that job
+        run(m, hourly)
+    # one remote start to list, one per stream received: the far side's inventory is asked once
+    assert [s.split()[0] for s in remote_starts(log)] == ["--list", "--no-progress"] * 2
+    for _ in range(2):  # the hourly jobs run on, keeping their own last two snapshots
+        run("A", hourly)
+        run("B", hourly)
+    second = {}
+    for m in ("A", "B"):  # the off-site job stays incremental: its base was held
+        second[m] = run(m, nightly)
+        assert second[m]["base"] == first[m]["snapshot"]
+    b_copies.add(second["B"]["snapshot"])
+    for m in ("A", "B"):  # each job holds its own two newest snapshots of each source
+        assert len([n for n in ours(vgs[m].name) if n.startswith("data.")]) == 4
+
+    # nothing changed: nothing to do, and no snapshot kept for it
+    before = ours(vgs["A"].name)
+    code, _summary, err = nightly("A")
+    assert code == 3 and ours(vgs["A"].name) == before, err
+    time.sleep(1.1)
+
+    # A's newest copy removed by hand on the target: the next run falls back to the older pair
+    sh("lvremove", "-q", "-f", f"{bak.name}/{second['A']['snapshot']}")
+    data = run("A", nightly)
+    assert data["base"] == first["A"]["snapshot"], data
+
+    # the ssh connection killed mid-transfer: the next run resumes, sending only the rest
+    write_at(vols["A"], 8 * M, rnd.randbytes(32 * M))  # incompressible
+    slow = IMAGES / "slow-link"  # 4 MiB/s towards the server: the kill lands mid-transfer
+    slow.mkdir(exist_ok=True)
+    (slow / "ssh").write_text(SLOW_SSH)
+    (slow / "ssh").chmod(0o755)
+    proc = subprocess.Popen(
+        [str(BIN / "lvsync"), "--json", *ssh, *keep, f"{vgs['A'].name}/data", target],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PATH": f"{slow}:{os.environ['PATH']}"},
+    )
+
+    def started() -> bool:
+        return any("lvdiff_incomplete" in lv_tags(bak.name, n) for n in lv_names(bak.name))
+
+    wait_for(started, "the transfer to start")
+    time.sleep(2)
+    subprocess.run(["pkill", "-KILL", "-x", "ssh"], check=False)
+    _out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 75, err.decode()  # transient: worth a retry
+    cut = next(n for n in lv_names(bak.name) if "lvdiff_incomplete" in lv_tags(bak.name, n))
+    assert "lvdiff_resume:" in lv_tags(bak.name, cut)
+    time.sleep(1.1)
+    code, summary, err = nightly("A")
+    data = outcome(summary, f"{vgs['A'].name}/data")
+    assert code == 0 and data["resumed"] == cut, err
+    assert 0 < data["resumed_bytes"] < 32 * M  # only the rest
+    assert same(vgs["A"], cut, bak, cut)
+    # retention pruned A's oldest copy there, and never one of B's
+    assert data["pruned_there"] == [first["A"]["snapshot"]], data
+    assert b_copies <= lv_names(bak.name)
+
+    # machine A's `extra` removed: that source fails alone, `data` still syncs (exit 2)
+    sh("lvremove", "-q", "-f", f"{vgs['A'].name}/extra")
+    change(rnd, vols["A"], sizes["A"] * M)
+    code, summary, err = hourly("A")
+    extra = outcome(summary, f"{vgs['A'].name}/extra")
+    assert code == 2 and extra["status"] == "failed" and "not found" in extra["error"], err
+    assert outcome(summary, f"{vgs['A'].name}/data")["status"] == "synced"
+    assert not [n for n in ours(vgs["A"].name) if n.startswith("extra.")]
+
+    # a target VG of two pools is refused before anything is snapshotted
+    two = loop_vg(prefix="two", size_mb=128)
+    two.pool("p1", size_mb=32)
+    two.pool("p2", size_mb=32)
+    before = ours(vgs["A"].name)
+    code, summary, err = lvsync(*keep, f"{vgs['A'].name}/data", two.name)
+    assert code == 2 and "p1, p2" in err and ours(vgs["A"].name) == before, err
+
+    # machine B's directory: its chain restores bit-exact
     dst = loop_vg(prefix="dst")
     dst.pool(size_mb=100)
     code, summary, err = lvsync("--restore", f"dir:{store}", f"{dst.name}/pool")
     assert code == 0, err
-    assert summary["restored"]["vol"] == ours(src.name)
-    for name in ours(src.name):
-        assert same(src, name, dst, name), name
+    (chain,) = summary["chains"]
+    assert same(vgs["B"], chain["volumes"][-1], dst, chain["volumes"][-1])

@@ -5,7 +5,17 @@ from __future__ import annotations
 import random
 import re
 
-from .lvmrig import IMAGES, lv_names, lv_tags, lvpatch_cut_off, sh, sha256_of, tool, write_at
+from .lvmrig import (
+    IMAGES,
+    lv_attr,
+    lv_names,
+    lv_tags,
+    lvpatch_cut_off,
+    sh,
+    sha256_of,
+    tool,
+    write_at,
+)
 
 M = 1 << 20
 
@@ -102,8 +112,14 @@ def test_cut_and_killed_restores_resume_bit_exact(loop_vg):
     )
     assert res.returncode == 0, res.stderr.decode()
     assert rest.stat().st_size < len(data)
+    # 4. a crash between making it read-only and clearing its tags, as an lvpatch whose
+    # commit was two lvchange commands could leave it: the resume makes it writable again
+    sh("lvchange", "-q", "-p", "r", f"{dst.name}/again")
     res = tool("lvpatch", "--resume", "-g", dst.name, "again", stdin_file=rest)
     assert res.returncode == 0, res.stderr.decode()
+    assert "left read-only before its commit" in res.stderr.decode()
     assert sha256_of(dst.dev("again")) == sha256_of(src.dev("new"))
+    assert lv_tags(dst.name, "again").startswith("lvdiff_identity:")  # one commit: complete
+    assert lv_attr(dst.name, "again")[1] == "r"
     full.unlink()
     rest.unlink()

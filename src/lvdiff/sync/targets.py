@@ -450,6 +450,8 @@ class DirTarget:
                 continue
             except ValueError as e:
                 raise LvdiffError(f"{m} is not a manifest lvsync wrote: {e}") from None
+            if not isinstance(doc, dict) or doc.get("version", 0) > MANIFEST_VERSION:
+                raise LvdiffError(f"{m} was written by a newer lvsync (manifest version > 3)")
             out += doc["streams"]
         return out
 
