@@ -1,4 +1,4 @@
-"""Check a stream without applying it: what ``lvpatch --check`` and ``--list`` do.
+"""Check a stream without applying it: what ``lvpatch --check`` and ``--dump`` do.
 
 Like ``zstream dump`` or ``btrfs receive --dump``: every record is read and
 checked completely (checksums, order and bounds, zstd frames and their

@@ -29,6 +29,7 @@ from .plan import MAX_READ, ZERO, Extent, PlanTotals, plan
 from .resume import ResumeToken
 from .spool import RangeSpool
 from .stream import Header, StreamDigest, StreamWriter, Totals, VolumeRef, data_record, encode_zero
+from .stream.header import StreamKind
 from .thindelta import Delta, DeltaRange, check_version, thin_delta
 
 ZERO_GRAIN = 64 * 1024  # finest unit at which all-zero data is sent as ZERO
@@ -80,8 +81,8 @@ def dump(
     """
     started = time.monotonic()
     opt = options or DumpOptions()
-    if opt.level not in (0, 1, 2, 3):
-        raise UsageError(f"detect level must be 0..3, not {opt.level}")
+    if opt.level not in fpr.LEVELS:
+        raise UsageError(f"detect level must be {fpr.LEVELS_SHOWN}, not {opt.level}")
     check_version(opt.thin_delta)
     listing = lvm.lvs_in_vg(new[0])  # once: every lvm command costs a metadata scan
     new_lv = lvm.get_thin(*new, listing)
@@ -152,7 +153,7 @@ def dump(
             (base_dev, base_lv.size) if base_dev and base_lv else None,
         )
         header = Header(
-            kind="incremental" if base_lv else "full",
+            kind=StreamKind.INCREMENTAL if base_lv else StreamKind.FULL,
             volume_size=new_lv.size,
             base_size=base_lv.size if base_lv else None,
             chunk_size=chunk,

@@ -1,26 +1,30 @@
 """Exception hierarchy; each class carries the exit code the CLI reports.
 
-The codes are part of the user interface (documented in ``--help`` and the
-README), so scripts can tell a corrupt stream from a wrong base.
+The codes are part of the user interface (defined in :mod:`lvdiff.exitcodes`,
+from which ``--help`` and the README's tables come), so scripts can tell a
+corrupt stream from a wrong base.  A class's name is its identity when a
+failure crosses a process boundary (``--json``'s ``error.class``).
 """
+
+from . import exitcodes
 
 
 class LvdiffError(Exception):
     """Base of every error the tools report as a one-line message."""
 
-    exit_code = 1
+    exit_code = exitcodes.FAILURE
 
 
 class UsageError(LvdiffError):
     """Bad command line or environment (not root, missing tool)."""
 
-    exit_code = 2
+    exit_code = exitcodes.USAGE
 
 
 class StreamError(LvdiffError):
     """The stream cannot be trusted: truncated, corrupt, hostile or unsupported."""
 
-    exit_code = 3
+    exit_code = exitcodes.BAD_STREAM
 
 
 class TruncatedStream(StreamError):
@@ -42,19 +46,19 @@ class UnsupportedStream(StreamError):
 class BaseMismatch(LvdiffError):
     """The target volume is not the base the stream was made against."""
 
-    exit_code = 4
+    exit_code = exitcodes.NOT_THE_BASE
 
 
 class VerifyFailed(LvdiffError):
     """The written volume does not match the fingerprint of NEW."""
 
-    exit_code = 5
+    exit_code = exitcodes.VERIFY_FAILED
 
 
 class CommandFailed(LvdiffError):
     """An external command (lvm, dmsetup, thin_delta) failed."""
 
-    exit_code = 6
+    exit_code = exitcodes.COMMAND_FAILED
 
     def __init__(self, argv: list[str], returncode: int, stderr: str) -> None:
         self.argv = argv
@@ -67,10 +71,10 @@ class CommandFailed(LvdiffError):
 class TransientError(LvdiffError):
     """Worth a retry later: the target was unreachable, or the link dropped (EX_TEMPFAIL)."""
 
-    exit_code = 75
+    exit_code = exitcodes.TRANSIENT
 
 
 class Interrupted(LvdiffError):
     """SIGINT or SIGTERM arrived; cleanup ran."""
 
-    exit_code = 130
+    exit_code = exitcodes.INTERRUPTED

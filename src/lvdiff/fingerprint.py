@@ -34,6 +34,10 @@ from typing import Any
 from .errors import CorruptStream
 
 ALGORITHM = "sha256-of-sha256"
+# the check levels (lvdiff -d): 0 none, 1 the head chunk, 2 random samples, 3 every byte;
+# the one definition the command lines, the configuration and the header read
+LEVELS = range(4)
+LEVELS_SHOWN = f"{LEVELS[0]}..{LEVELS[-1]}"
 UNIT_MAX = 1 << 20
 SAMPLE_UNIT = 4096  # level 2: the block size filesystems write in
 SAMPLE_GRAIN = 16 << 20  # level 2: one sample per this many bytes of volume...
@@ -113,7 +117,7 @@ class Fingerprint:
         def bad(why: str) -> CorruptStream:
             return CorruptStream(f"stream header holds a malformed fingerprint: {why}")
 
-        if type(level) is not int or level not in (1, 2, 3):
+        if type(level) is not int or level not in LEVELS[1:]:
             raise bad("level must be 1, 2 or 3")
         if type(unit) is not int or not 512 <= unit <= UNIT_MAX or unit & (unit - 1):
             raise bad("unit must be a power of two from 512 to 1 MiB")

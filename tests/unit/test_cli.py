@@ -54,6 +54,21 @@ def test_help_documents_exit_codes():
     assert "NOT ATOMIC" in run("lvpatch_main", "--help").stdout
 
 
+@pytest.mark.parametrize(
+    ("argv", "conflict"),
+    [
+        (["-g", "vg", "--list", "--prune", "lvsync_src:U/v", "n"], "--prune: not allowed with"),
+        (["--check", "--to-file", "x.img"], "--to-file: not allowed with argument --check"),
+        (["-g", "vg", "--cleanup", "--abandon", "n"], "not allowed with argument --cleanup"),
+        (["--dump", "--check"], "not allowed with argument --dump"),
+    ],
+)
+def test_lvpatch_modes_exclude_each_other(argv, conflict):
+    """One mode per run; argparse names the two that were given together."""
+    res = run("lvpatch_main", *argv)
+    assert res.returncode == 2 and conflict in res.stderr
+
+
 def test_help_says_which_digest_is_printed_and_why():
     for main in ("lvdiff_main", "lvpatch_main"):
         text = " ".join(run(main, "--help").stdout.split())

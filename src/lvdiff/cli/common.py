@@ -17,27 +17,18 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any, NoReturn
 
+from .. import exitcodes
 from ..errors import Interrupted, LvdiffError, UsageError
 from ..events import Event, Note, Progress
-from ..fingerprint import describe_level
+from ..fingerprint import LEVELS, LEVELS_SHOWN, describe_level
 from ..resume import ResumeToken
 from ..stream.digest import Digest, StreamDigest
 
 JSON_VERSION = 2  # of the --json summaries; a new key is compatible, a changed one bumps it
 
-EXIT_CODES = """\
-exit status:
-  0    success
-  1    runtime failure (I/O error, pool full, LVM or device-mapper state)
-  2    usage error (bad arguments, not root, missing tools, volume not found)
-  3    bad stream: truncated, corrupt, hostile or from a newer major version
-  4    the target is not the stream's base (base check failed)
-  5    the written volume failed verification against NEW's fingerprint
-  6    an lvm, dmsetup or thin_delta command failed (its command line and stderr shown)
-  130  interrupted (SIGINT/SIGTERM/SIGHUP); everything was cleaned up
-"""
+EXIT_CODES = exitcodes.help_table("lvdiff")  # lvpatch's is the same
 
-LEVELS_HELP = "\n".join(f"  {n}  {describe_level(n)}" for n in range(4))
+LEVELS_HELP = "\n".join(f"  {n}  {describe_level(n)}" for n in LEVELS)
 LINEAGE_HELP = (
     "Lineage: every stream names the identity of NEW and of BASE (like a ZFS snapshot's\n"
     "GUID). lvpatch records NEW's on the volume it restores and refuses, whatever the\n"
@@ -167,8 +158,8 @@ def parse_meta(text: str) -> tuple[str, str]:
 
 
 def level(text: str) -> int:
-    if text not in ("0", "1", "2", "3"):
-        raise argparse.ArgumentTypeError(f"detect level must be 0, 1, 2 or 3, not {text!r}")
+    if text not in {str(n) for n in LEVELS}:
+        raise argparse.ArgumentTypeError(f"detect level must be {LEVELS_SHOWN}, not {text!r}")
     return int(text)
 
 
@@ -184,13 +175,13 @@ def compression(text: str) -> int | None:
 
 def count(text: str) -> int:
     """A whole number >= 0 (how many to keep)."""
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise argparse.ArgumentTypeError(f"must be a whole number >= 0, not {text!r}")
     return int(text)
 
 
 def workers(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 64:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 64:
         raise argparse.ArgumentTypeError(f"workers must be 1..64, not {text!r}")
     return int(text)
 
@@ -236,7 +227,11 @@ def error_object(err: BaseException) -> dict[str, Any]:
     if isinstance(err, KeyboardInterrupt):
         err = Interrupted("interrupted; cleaned up")
     msg = " ".join(str(err).split()) or type(err).__name__
-    return {"class": type(err).__name__, "exit": getattr(err, "exit_code", 1), "message": msg}
+    return {
+        "class": type(err).__name__,
+        "exit": getattr(err, "exit_code", exitcodes.FAILURE),
+        "message": msg,
+    }
 
 
 def fail(prog: str, err: BaseException, json_to: str | None = None) -> NoReturn:

@@ -13,6 +13,7 @@ from .. import __version__
 from ..errors import UsageError
 from ..lvm import parse_lv_spec
 from ..stream.digest import Digest, HashingWriter, StreamDigest
+from ..stream.header import StreamKind
 from . import common as c
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ def lvdiff_parser() -> argparse.ArgumentParser:
         "--detect-level",
         type=c.level,
         default=2,
-        metavar="0..3",
+        metavar=c.LEVELS_SHOWN,
         help="how lvpatch checks the content of BASE before writing and of the result "
         "after: 0 none, 1 head chunk, 2 random 4 KiB samples over the whole volume "
         "(default), 3 every byte; see below for what each guarantees",
@@ -93,7 +94,7 @@ def summary(res: DumpResult, digest: StreamDigest | None) -> dict[str, Any]:
     t = res.totals
     return {
         "dry_run": res.header is None,
-        "kind": "incremental" if res.base else "full",
+        "kind": StreamKind.INCREMENTAL if res.base else StreamKind.FULL,
         "vg": res.vg,
         "pool": res.pool,
         "new": {

@@ -43,7 +43,10 @@ def lvpatch_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-p", "--pool", help="thin pool for a full stream")
     p.add_argument("-i", "--input", type=Path, help="read the stream from FILE, not stdin")
-    p.add_argument(
+    # One mode per run, as in tarfile's and zipfile's own command lines: restoring onto
+    # LVM is the default; argparse names any two given together.
+    modes = p.add_mutually_exclusive_group()
+    modes.add_argument(
         "--to-file",
         type=Path,
         metavar="IMG",
@@ -57,18 +60,18 @@ def lvpatch_parser() -> argparse.ArgumentParser:
         help="with --to-file: the image of the incremental stream's base (left untouched; "
         "copied by reflink where the filesystem can)",
     )
-    p.add_argument(
+    modes.add_argument(
         "--check",
         action="store_true",
         help="only read the whole stream and check every record and its END; print its "
         "header and totals (exit 0 if intact, 3 if not)",
     )
-    p.add_argument(
+    modes.add_argument(
         "--dump",
         action="store_true",
         help="like --check, and print one line per record: type, offset, length, stored size",
     )
-    p.add_argument(
+    modes.add_argument(
         "--list",
         action="store_true",
         help="only list what VG holds of lvpatch's: restored volumes with their identities, "
@@ -81,14 +84,14 @@ def lvpatch_parser() -> argparse.ArgumentParser:
         metavar="TAG",
         help="add this LVM tag to the restored volume (repeatable)",
     )
-    p.add_argument(
+    modes.add_argument(
         "--prune",
         metavar="SOURCE_TAG",
         help="only remove NAME, a complete copy lvsync made of the source this tag names "
         "(lvsync_src:<VG UUID>/<LV>): lvsync's retention on a target; any other volume "
         "is refused",
     )
-    p.add_argument(
+    modes.add_argument(
         "--abandon",
         action="store_true",
         help="only remove NAME, a restore an interrupted lvpatch -s kept for resuming",
@@ -131,7 +134,7 @@ def lvpatch_parser() -> argparse.ArgumentParser:
         help="continue NAME, kept by an interrupted `lvpatch -s`, from a stream made "
         "with `lvdiff --resume TOKEN`",
     )
-    p.add_argument(
+    modes.add_argument(
         "--resume-token", action="store_true", help="only print the resume token of NAME"
     )
     c.add_digest(
@@ -148,7 +151,7 @@ def lvpatch_parser() -> argparse.ArgumentParser:
         "digest: the sha256:HEX (or xxh128:HEX) lvdiff printed when it was made",
     )
     c.add_workers(p, "threads that decompress and check records (default: CPUs, 2 to 4)")
-    p.add_argument(
+    modes.add_argument(
         "--cleanup",
         action="store_true",
         help="only remove volumes an interrupted lvpatch left incomplete in VG "
@@ -385,7 +388,7 @@ def _restored(
 def _without_lvm(
     args: argparse.Namespace, console: c.Console, json_to: str | None, started: float
 ) -> int:
-    """--check, --list and --to-file: no root, no LVM."""
+    """--check, --dump and --to-file: no root, no LVM."""
     if args.vg or args.lv or args.pool or args.name or args.in_place or args.resume:
         raise UsageError("--check, --dump and --to-file take no -g/-l/-p/NAME/--in-place/--resume")
     if args.from_file and args.to_file is None:

@@ -9,20 +9,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from .. import __version__, exitcodes
 from ..errors import UsageError
 from . import common as c
 
-EXIT_CODES = """\
-exit status:
-  0    every volume synced (or, with --dry-run, would be)
-  1    a volume failed for good (read the message; a retry will not help by itself)
-  2    usage or configuration error
-  3    nothing to do: no volume changed since its last sync
-  75   a transient failure (target unreachable, link dropped): retry later; a cut
-       transfer resumes by itself on the next run
-  130  interrupted (SIGINT/SIGTERM)
-"""
+EXIT_CODES = exitcodes.help_table("lvsync")
 
 GUARANTEES = """\
 What a run guarantees: each source gets a read-only snapshot NAME.YYYYmmddTHHMMSSZ, tagged
@@ -59,7 +50,7 @@ def lvsync_parser() -> argparse.ArgumentParser:
         "--check-level",
         type=c.level,
         default=None,
-        metavar="0..3",
+        metavar=c.LEVELS_SHOWN,
         help="lvdiff's content check level (default 2)",
     )
     p.add_argument("--compress", default=None, metavar="zstd[:LEVEL]|none", help="default zstd:3")
@@ -186,10 +177,12 @@ def lvsync_main(argv: Sequence[str] | None = None) -> int:
             )
             codes.append(runner.exit_status(outcomes))
         c.emit_json(json_to, "lvsync", {"dry_run": args.dry_run, "jobs": summaries})
-        for code in (1, 2, 75):  # the worst first: what monitoring must act on
+        # the worst first: what monitoring must act on
+        for code in (exitcodes.FAILURE, exitcodes.USAGE, exitcodes.TRANSIENT):
             if code in codes:
                 return code
-        return 3 if codes and all(code == 3 for code in codes) else 0
+        nothing = codes and all(code == exitcodes.NOTHING_TO_DO for code in codes)
+        return exitcodes.NOTHING_TO_DO if nothing else exitcodes.SUCCESS
 
     return c.run("lvsync", body, console)
 

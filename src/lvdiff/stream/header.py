@@ -9,6 +9,7 @@ downstream interprets raw JSON.
 
 from __future__ import annotations
 
+import enum
 import json
 import re
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..errors import CorruptStream
-from ..fingerprint import Fingerprint
+from ..fingerprint import LEVELS, LEVELS_SHOWN, Fingerprint
 from .layout import MAX_HEADER_LEN, MAX_OFFSET, SECTOR, VERSION, is_int
 from .text import escape_for_terminal, shown
 
@@ -25,7 +26,16 @@ _IDENTITY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
 _MAX_NAME_LEN = 127
 _MAX_META_PAIRS = 1024
 _MAX_META_STR = 4096
-_KINDS = ("full", "incremental")
+
+
+class StreamKind(enum.StrEnum):
+    """What a stream holds: all of NEW, or what differs from BASE (the header's ``kind``)."""
+
+    FULL = "full"
+    INCREMENTAL = "incremental"
+
+
+_KINDS = tuple(StreamKind)
 _COMPRESSIONS = ("zstd", "none")
 
 
@@ -155,7 +165,7 @@ class Header:
     tool that rewrites a header does not silently drop a newer writer's data.
     """
 
-    kind: str
+    kind: StreamKind
     volume_size: int
     base_size: int | None = None
     chunk_size: int
@@ -179,6 +189,8 @@ class Header:
     version: tuple[int, int] = VERSION
 
     def __post_init__(self) -> None:
+        if self.kind in _KINDS:  # read from JSON as a plain string
+            self.kind = StreamKind(self.kind)
         # JSON has no tuples; accept [key, value] lists so a header built from
         # parsed JSON compares equal to one built in code.
         if isinstance(self.meta, list | tuple):
@@ -189,7 +201,7 @@ class Header:
 
     @property
     def incremental(self) -> bool:
-        return self.kind == "incremental"
+        return self.kind == StreamKind.INCREMENTAL
 
     def validate(self) -> None:
         """Raise CorruptStream with a one-line reason if any field is invalid.
@@ -237,9 +249,9 @@ class Header:
             raise CorruptStream(
                 f"header field compression must be 'zstd' or 'none', not {shown(self.compression)}"
             )
-        if not is_int(self.detect_level) or not 0 <= self.detect_level <= 3:
+        if not is_int(self.detect_level) or self.detect_level not in LEVELS:
             raise CorruptStream(
-                f"header field detect_level must be 0..3, not {shown(self.detect_level)}"
+                f"header field detect_level must be {LEVELS_SHOWN}, not {shown(self.detect_level)}"
             )
         self._validate_fingerprint("new_fingerprint", self.new_fingerprint, self.volume_size, True)
         self._validate_fingerprint(

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from ..fingerprint import LEVELS, LEVELS_SHOWN
 from ..stream.records import parse_compression
 from .retention import Retention
 
@@ -107,8 +108,8 @@ def _job(path: Path, name: str, defaults: dict[str, Any], body: Any) -> JobConfi
     if not (isinstance(ssh, list) and all(isinstance(o, str) for o in ssh)):
         raise UsageError(f"{where}: ssh_options must be a list of strings")
     level = merged.get("check_level", 2)
-    if level not in (0, 1, 2, 3) or isinstance(level, bool):
-        raise UsageError(f"{where}: check_level must be 0..3")
+    if not isinstance(level, int) or isinstance(level, bool) or level not in LEVELS:
+        raise UsageError(f"{where}: check_level must be {LEVELS_SHOWN}")
     for key in ("compress", "remote_lvpatch", "pre_snapshot", "post_snapshot"):
         if key in merged and not isinstance(merged[key], str):
             raise UsageError(f"{where}: {key} must be a string")

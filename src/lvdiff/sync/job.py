@@ -35,8 +35,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
-from .. import lineage, lvm
-from ..errors import LvdiffError, TransientError, UsageError
+from .. import exitcodes, lineage, lvm
+from ..errors import LvdiffError, TransientError
 from ..events import Note, Reporter, ignore
 from ..inventory import Held
 from ..resume import ResumeToken
@@ -101,15 +101,15 @@ def run(job: Job, report: Reporter = ignore, now: datetime | None = None) -> lis
 def exit_status(outcomes: list[Outcome]) -> int:
     """0 synced, 1 hard failure, 2 usage or configuration, 3 nothing to do, 75 retry later."""
     failed = [o for o in outcomes if o.status == "failed"]
-    if any(not o.transient and o.exit_code != UsageError.exit_code for o in failed):
-        return 1
+    if any(not o.transient and o.exit_code != exitcodes.USAGE for o in failed):
+        return exitcodes.FAILURE
     if failed and not all(o.transient for o in failed):
-        return UsageError.exit_code
+        return exitcodes.USAGE
     if failed:
-        return TransientError.exit_code
+        return exitcodes.TRANSIENT
     if outcomes and all(o.status == "unchanged" for o in outcomes):
-        return 3
-    return 0
+        return exitcodes.NOTHING_TO_DO
+    return exitcodes.SUCCESS
 
 
 class _Run:

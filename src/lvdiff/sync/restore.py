@@ -20,6 +20,8 @@ from typing import Any
 from ..errors import LvdiffError
 from ..events import Note, Reporter, ignore
 from ..stream.digest import StreamDigest
+from ..stream.header import StreamKind
+from .naming import LEGACY_PREFIX
 from .targets import MANIFEST, DirTarget
 
 Stream = dict[str, Any]  # one manifest entry (docs/FORMAT.md)
@@ -60,7 +62,7 @@ def _back_from(store: DirTarget, link: Stream, streams: list[Stream]) -> list[St
     """From ``link`` back to its full stream, by identity."""
     by_identity = {s["identity"]: s for s in streams}
     path = [link]
-    while link["kind"] == "incremental":
+    while link["kind"] == StreamKind.INCREMENTAL:
         link = by_identity.get(link["base_identity"])
         if link is None:
             raise LvdiffError(
@@ -73,7 +75,7 @@ def _back_from(store: DirTarget, link: Stream, streams: list[Stream]) -> list[St
 
 def _legacy_chains(store: DirTarget, streams: list[Stream]) -> list[Chain]:
     out = []
-    for root in (s for s in streams if s["kind"] == "full"):
+    for root in (s for s in streams if s["kind"] == StreamKind.FULL):
         newest = root
         for s in streams:  # in the order written: the last that leads back to root wins
             try:
@@ -82,7 +84,7 @@ def _legacy_chains(store: DirTarget, streams: list[Stream]) -> list[Chain]:
             except LvdiffError:
                 continue
         lv = next(
-            (t.split(":", 1)[1] for t in root["tags"] if t.startswith("lvsync_source:")),
+            (t.split(":", 1)[1] for t in root["tags"] if t.startswith(LEGACY_PREFIX)),
             root["name"].rsplit(".", 1)[0],
         )
         out.append(Chain(lv, f"legacy:{root['name']}", _back_from(store, newest, streams)))
