@@ -3,7 +3,7 @@
 
 What it drives is the real code: lvdiff's read/compress/write path
 (``lvdiff.dump.send`` into a ``StreamWriter``) and lvpatch's
-read/check/decompress/write path (``lvdiff.restore.write_records`` through a
+read/check/decompress/write path (``lvdiff.apply_records.write_records`` through a
 ``ChunkWriter``), over files, each in a child process so its peak RSS is
 its own.  Every figure is a ratio against a standard pipeline timed in the
 same run on the same bytes (ours / theirs: higher is better), with MiB/s.
@@ -176,10 +176,10 @@ def child_dump(
 
 def child_patch(stream: str, target: str, workers: str, digest: str = "sha256") -> None:
     """lvpatch's data path: read, check, decompress, write, flush; digest as --digest does."""
+    from lvdiff.apply_records import write_records
     from lvdiff.blockdev import BlockDevice
-    from lvdiff.restore import write_records
+    from lvdiff.chunk_writer import ChunkWriter, TargetKind
     from lvdiff.stream import Digest, StreamReader
-    from lvdiff.writer import ChunkWriter, TargetKind
 
     started = time.perf_counter()  # imports are part of Python's start
 

@@ -24,7 +24,9 @@ from typing import BinaryIO
 
 from . import fingerprint as fpr
 from . import lineage, lvm, tags
+from .apply_records import DEFAULT_WORKERS, write_records
 from .blockdev import BlockDevice, DeviceError
+from .chunk_writer import ChunkWriter, TargetKind
 from .errors import (
     BaseMismatch,
     DigestMismatch,
@@ -34,10 +36,9 @@ from .errors import (
     VerifyFailed,
 )
 from .events import Note, Progress, Reporter, ignore
-from .restore import DEFAULT_WORKERS, write_records
+from .restored import Restored
 from .resume import ResumeToken
-from .stream import Digest, Header, Record, StreamDigest, StreamReader, Totals
-from .writer import ChunkWriter, TargetKind
+from .stream import Digest, Header, Record, StreamDigest, StreamReader
 
 
 @dataclass
@@ -54,17 +55,6 @@ class ApplyOptions:
     expect_digest: StreamDigest | None = None  # refuse, before commit, a stream that differs
 
 
-@dataclass
-class ApplyResult:
-    target: str
-    header: Header
-    totals: Totals
-    digest: StreamDigest | None
-    base_checked: str  # how BASE was checked, in words ("" for a full stream)
-    verified_level: int  # level of the check of the result against NEW; 0: none ran
-    read_only: bool
-
-
 def apply_stream(
     inp: BinaryIO,
     vg: str,
@@ -74,7 +64,7 @@ def apply_stream(
     options: ApplyOptions | None = None,
     report: Reporter = ignore,
     announce: Callable[[Header], None] | None = None,
-) -> ApplyResult:
+) -> Restored:
     """Rebuild NEW in ``vg`` from a stream: see the module docstring for the guarantees.
 
     ``announce`` is given the stream's header once it is read, before LVM is touched.
@@ -83,13 +73,107 @@ def apply_stream(
     reader = StreamReader(inp, opt.digest, opt.expect_digest)
     if announce:
         announce(reader.header)
-    job = _Apply(reader, lvm.check_name(vg, "VG name"), base, pool, name, opt, report)
-    with job.stack:
-        return job.run()
+    run = _Restore(reader, lvm.check_name(vg, "VG name"), base, pool, name, opt, report)
+    with run.stack:
+        return run.run()
 
 
-class _Apply:
-    """One lvpatch run; ``stack`` holds the target lock for its whole life."""
+class _Target:
+    """The volume a restore writes, through its life: made (or found again to resume, or
+    the -l volume itself in place), sized, then committed, kept for a resume, or discarded.
+
+    Only a volume this run made is ever removed, and only while it is not kept.
+    """
+
+    def __init__(self, vg: str, name: str, opt: ApplyOptions, report: Reporter) -> None:
+        self.vg, self.name, self.opt, self.report = vg, name, opt, report
+        self.lv: lvm.LV | None = None
+        self.pool: lvm.LV | None = None  # its thin pool, once known
+        self.made = False  # this run created it
+        self.kept = False  # an interrupted restore to resume: never removed here
+
+    @property
+    def label(self) -> str:
+        assert self.lv is not None
+        return self.lv.full_name
+
+    def create(self, h: Header, base_lv: lvm.LV | None, pool: str | None) -> None:
+        """A new snapshot of ``base_lv`` (incremental) or thin volume in ``pool`` (full)."""
+        new_tags = [tags.INCOMPLETE, *(lvm.check_tag(t) for t in self.opt.tags)]
+        if h.new.identity:
+            new_tags.append(lineage.identity_tag(h.new.identity))
+        # Ctrl-C/SIGTERM wait until the create returns, so the volume is known
+        # to us (and removed) rather than left half made.
+        with _signals_deferred():
+            if base_lv:
+                self.lv = lvm.create_snapshot(
+                    base_lv, self.name, add_tags=new_tags, activation_skip=False
+                )
+            else:
+                self.lv = lvm.create_thin(self.vg, pool or "", self.name, h.volume_size, new_tags)
+            self.made = True
+
+    def resize(self, size: int) -> None:
+        """Give a new snapshot NEW's size, after BASE was checked at its own size."""
+        if self.made and self.lv is not None and self.lv.size != size:
+            self.lv = lvm.resize(self.lv, size)
+
+    def commit(self, identity: str | None) -> bool:
+        """Make the restored volume read-only (unless asked not to) and mark it complete, in
+        one metadata change; True if it is read-only."""
+        t = self.lv
+        assert t is not None
+        with _signals_deferred():
+            if self.opt.in_place:
+                if identity:
+                    lvm.set_tags(t, add=[lineage.identity_tag(identity)])
+                return not t.writable
+            read_only = not self.opt.writable
+            lvm.set_tags(
+                t,
+                remove=[tags.INCOMPLETE, *tags.with_prefix(t.tags, tags.RESUME_PREFIX)],
+                read_only=read_only,
+            )
+            return read_only
+
+    def keep(self) -> None:
+        """Keep it, incomplete, for ``lvpatch --resume``."""
+        self.kept = True
+
+    def discard(self) -> None:
+        """Remove what this run made and did not keep; a failure here is only reported."""
+        if not self.made or self.kept or self.lv is None:
+            return
+        with _signals_deferred():
+            try:
+                lvm.remove(self.lv)
+            except LvdiffError as e:
+                self.report(Note(f"could not remove the incomplete {self.lv.full_name}: {e}"))
+
+    def kind(self, dev: BlockDevice, incremental: bool) -> TargetKind:
+        """How records land on it (chunk size, zeroing, discards): see lvdiff.chunk_writer."""
+        t = self.lv
+        if t is None or not t.is_thin:
+            return TargetKind.plain()
+        pool = self.pool or lvm.get_lv(t.vg, t.pool)
+        # A thin volume with an external origin reads unprovisioned chunks from it:
+        # a discarded chunk would show the origin's data, not zeros.
+        external = lvm.external_origin(t) is not None
+        if external:
+            self.report(Note(f"{t.full_name} has an external origin: zeros are written"))
+        return TargetKind(
+            chunk=pool.chunk_size,
+            thin=True,
+            zeroes_new_chunks=pool.zero,
+            discard=dev.discard_max_bytes > 0 and not external,
+            fresh=self.made and not incremental,
+        )
+
+
+class _Restore:
+    """One lvpatch run: its arguments' rules, BASE's checks, and the write loop with its
+    checkpoints; the target's life is :class:`_Target`'s.  ``stack`` holds the target
+    lock for the whole run."""
 
     def __init__(
         self,
@@ -106,11 +190,9 @@ class _Apply:
         self.base = lvm.parse_lv_spec(base, vg)[1] if base else None
         self.name = lvm.check_name(name or self.h.new.name, "LV name")
         self.stack = ExitStack()
-        self.target: lvm.LV | None = None  # the volume we write
-        self.pool_lv: lvm.LV | None = None  # its thin pool, once known
-        self.created = False  # we made the target, so failure removes it
+        self.target = _Target(vg, self.name, opt, report)
         self.durable = self.h.resume_offset or 0  # records below this are on disk
-        self.base_checked = ""
+        self.base_check: lineage.BaseCheck | None = None
         self._check_arguments()
 
     def _check_arguments(self) -> None:
@@ -136,61 +218,57 @@ class _Apply:
                 "so an interrupted restore could not be resumed safely; drop -s"
             )
 
-    def run(self) -> ApplyResult:
-        ok = False
+    def run(self) -> Restored:
+        target = self.target
         try:
-            path, label = self._prepare_target()
+            path = self._prepare_target()
             with BlockDevice(path) as dev:
-                self._check_base(dev)
-            self._resize()
-            if self.opt.in_place and self.target:
+                self._check_base_content(dev)
+            if self.h.incremental:
+                target.resize(self.h.volume_size)
+            if self.opt.in_place and target.lv:
                 # From here it may be half-written: it must not keep claiming what it held.
-                t = self.target
+                t = target.lv
                 lvm.set_tags(t, remove=tags.with_prefix(t.tags, tags.IDENTITY_PREFIX))
             with (
-                _pool_full_is_named(self.target),
+                _pool_full_is_named(target.lv),
                 BlockDevice(path, writable=True, exclusive=True, direct_writes=True) as dev,
             ):
                 if dev.size < self.h.volume_size:
                     raise UsageError(
-                        f"{label} holds {dev.size} bytes; the stream needs {self.h.volume_size}"
+                        f"{target.label} holds {dev.size} bytes; "
+                        f"the stream needs {self.h.volume_size}"
                     )
                 self._write(dev)
-                self._verify(dev, label)
-            read_only = self._commit()
-            ok = True
-            return ApplyResult(
-                label,
-                self.h,
-                self.reader.totals,
-                self.reader.file_digest,
-                self.base_checked,
-                self.h.detect_level if self.h.new_fingerprint else 0,
-                read_only,
-            )
-        finally:
-            if not ok and self.created and self.target:
-                with _signals_deferred():
-                    try:
-                        lvm.remove(self.target)
-                    except LvdiffError as e:
-                        self.report(
-                            Note(f"could not remove the incomplete {self.target.full_name}: {e}")
-                        )
+                self._verify(dev)
+            read_only = target.commit(self.h.new.identity)
+        except BaseException:
+            target.discard()
+            raise
+        return Restored(
+            target=target.label,
+            header=self.h,
+            totals=self.reader.totals,
+            digest=self.reader.file_digest,
+            base_check=self.base_check,
+            verified_level=self.h.detect_level if self.h.new_fingerprint else 0,
+            read_only=read_only,
+        )
 
     # -- the target
 
-    def _prepare_target(self) -> tuple[str, str]:
-        h, vg, opt = self.h, self.vg, self.opt
+    def _prepare_target(self) -> str:
+        """Find or make the target, after every check that needs no data; its device path."""
+        h, vg, opt, target = self.h, self.vg, self.opt, self.target
         if opt.in_place:
             lv = lvm.get_lv(vg, self.base or "")
             self._check_lineage(lv)
             lvm.activate(lv)
-            self.target = lv
-            return lv.dev, lv.full_name
+            target.lv = lv
+            return lv.dev
         self.stack.enter_context(lvm.target_lock(vg, self.name))
         if opt.resume:
-            self.target = self._resumable_target()
+            target.lv = self._resumable_target()
         else:
             listing = lvm.lvs_in_vg(vg)  # once: every lvm command costs a metadata scan
             removed = cleanup(vg, self.report, locked=(self.name,), listing=listing)
@@ -201,58 +279,17 @@ class _Apply:
                 )
             if h.incremental:
                 base_lv = lvm.get_thin(vg, self.base or "", listing)
-                self.pool_lv = lvm.get_pool(vg, base_lv.pool, listing)
+                target.pool = lvm.get_pool(vg, base_lv.pool, listing)
+                self._check_lineage(base_lv)
             else:
                 base_lv = None
-                self.pool_lv = lvm.get_pool(
+                target.pool = lvm.get_pool(
                     vg, lvm.check_name(self.pool or "", "pool name"), listing
                 )
-            if base_lv:
-                self._check_lineage(base_lv)
-            new_tags = [tags.INCOMPLETE, *(lvm.check_tag(t) for t in opt.tags)]
-            if h.new.identity:
-                new_tags.append(lineage.identity_tag(h.new.identity))
-            # Ctrl-C/SIGTERM wait until the create returns, so the volume is known
-            # to us (and removed) rather than left half made.
-            with _signals_deferred():
-                if base_lv:
-                    self.target = lvm.create_snapshot(
-                        base_lv, self.name, add_tags=new_tags, activation_skip=False
-                    )
-                else:
-                    self.target = lvm.create_thin(
-                        vg, self.pool or "", self.name, h.volume_size, add_tags=new_tags
-                    )
-                self.created = True
-        lvm.activate(self.target)
-        return self.target.dev, self.target.full_name
-
-    def _check_lineage(self, base_lv: lvm.LV) -> None:
-        """Refuse a base that cannot be the stream's BASE before anything is written."""
-        h = self.h
-        if not h.incremental:
-            return
-        if tags.INCOMPLETE in base_lv.tags:
-            raise UsageError(f"{base_lv.full_name} is an incomplete restore, not a base")
-        if base_lv.size < (h.base_size or 0):
-            raise BaseMismatch(
-                f"{base_lv.full_name} holds {base_lv.size} bytes; the stream's base "
-                f"{h.base.name if h.base else '?'} held {h.base_size}"
-            )
-        if not self.opt.base_check:
-            self.report(Note("base check skipped (--no-base-check): BASE is not verified"))
-            self.base_checked = "not checked (--no-base-check)"
-            return
-        if base_lv.open and base_lv.writable and not self.opt.in_place:
-            raise UsageError(
-                f"{base_lv.full_name} is in use and writable, so it can change while "
-                "lvpatch copies it; unmount it (or make it read-only) first"
-            )
-        note = lineage.check_base(h, base_lv)
-        if note:
-            self.report(Note(note))
-        if lineage.recorded_identity(base_lv) is not None and h.base and h.base.identity:
-            self.base_checked = "identity matches"
+            target.create(h, base_lv, self.pool)
+        assert target.lv is not None
+        lvm.activate(target.lv)
+        return target.lv.dev
 
     def _resumable_target(self) -> lvm.LV:
         """The incomplete volume to continue, after checking the stream belongs to it."""
@@ -283,58 +320,61 @@ class _Apply:
             lv = lvm.get_thin(lv.vg, lv.name)
         return lv
 
-    def _resize(self) -> None:
-        """Give a new snapshot NEW's size, after BASE was checked at its own size."""
-        t = self.target
-        if self.created and t is not None and self.h.incremental and t.size != self.h.volume_size:
-            self.target = lvm.resize(t, self.h.volume_size)
-
-    def _commit(self) -> bool:
-        """Make the restored volume read-only (unless asked not to), then mark it complete."""
-        t = self.target
-        assert t is not None
-        with _signals_deferred():
-            if self.opt.in_place:
-                if self.h.new.identity:
-                    lvm.set_tags(t, add=[lineage.identity_tag(self.h.new.identity)])
-                return not t.writable
-            read_only = not self.opt.writable
-            lvm.set_tags(
-                t,
-                remove=[tags.INCOMPLETE, *tags.with_prefix(t.tags, tags.RESUME_PREFIX)],
-                read_only=read_only,
-            )
-            return read_only
-
     # -- checks
 
-    def _check_base(self, dev: BlockDevice) -> None:
-        h, fp = self.h, self.h.base_fingerprint
-        if not h.incremental or not self.opt.base_check or self.opt.resume:
-            return  # a resumed target was checked, then written
-        if fp is None:
-            self.base_checked = self.base_checked or "not checked (stream made with -d 0)"
+    def _check_lineage(self, base_lv: lvm.LV) -> None:
+        """Refuse a base that cannot be the stream's BASE before anything is written."""
+        h = self.h
+        if not h.incremental:
             return
-        if not fpr.verify(fp, dev.read):
+        if tags.INCOMPLETE in base_lv.tags:
+            raise UsageError(f"{base_lv.full_name} is an incomplete restore, not a base")
+        if base_lv.size < (h.base_size or 0):
             raise BaseMismatch(
-                f"{self.vg}/{self.base} is not the base this stream was made "
-                f"from ({h.base.name if h.base else '?'}, check level {fp.level})"
+                f"{base_lv.full_name} holds {base_lv.size} bytes; the stream's base "
+                f"{h.base.name if h.base else '?'} held {h.base_size}"
             )
-        content = f"content matches at level {fp.level}"
-        self.base_checked = f"{self.base_checked}, {content}" if self.base_checked else content
+        if not self.opt.base_check:
+            self.report(Note("base check skipped (--no-base-check): BASE is not verified"))
+        elif base_lv.open and base_lv.writable and not self.opt.in_place:
+            raise UsageError(
+                f"{base_lv.full_name} is in use and writable, so it can change while "
+                "lvpatch copies it; unmount it (or make it read-only) first"
+            )
+        self._base_identity = (lineage.recorded_identity(base_lv), not base_lv.writable)
+        self.base_check = self._base_check()  # the identity alone, now
 
-    def _verify(self, dev: BlockDevice, label: str) -> None:
+    def _base_check(self, read: Callable[[int, int], bytes] | None = None) -> lineage.BaseCheck:
+        recorded, provable = self._base_identity
+        return lineage.check_base(
+            self.h,
+            f"{self.vg}/{self.base}",
+            recorded,
+            provable,
+            read,
+            enabled=self.opt.base_check,
+            report=self.report if read is None else ignore,
+        )
+
+    def _check_base_content(self, dev: BlockDevice) -> None:
+        """BASE's content, read through the new snapshot of it (the same blocks)."""
+        if not self.h.incremental or self.opt.resume:
+            return  # a resumed target was checked, then written
+        self.base_check = self._base_check(dev.read)
+
+    def _verify(self, dev: BlockDevice) -> None:
         fp = self.h.new_fingerprint
         if fp and not fpr.verify(fp, dev.read):
             raise VerifyFailed(
-                f"{label} does not match the fingerprint of {self.h.new.name} after writing"
+                f"{self.target.label} does not match the fingerprint of {self.h.new.name} "
+                "after writing"
             )
 
     # -- writing
 
     def _write(self, dev: BlockDevice) -> None:
         h, opt = self.h, self.opt
-        kind = self._target_kind(dev)
+        kind = self.target.kind(dev, h.incremental)
         if h.incremental:
             fill_from: int | None = h.base_size
         else:
@@ -366,57 +406,41 @@ class _Apply:
         dev.sync()
         dev.drop_cache()
 
-    def _target_kind(self, dev: BlockDevice) -> TargetKind:
-        t = self.target
-        if t is None or not t.is_thin:
-            return TargetKind.plain()
-        pool = self.pool_lv or lvm.get_lv(t.vg, t.pool)
-        # A thin volume with an external origin reads unprovisioned chunks from it:
-        # a discarded chunk would show the origin's data, not zeros.
-        external = lvm.external_origin(t) is not None
-        if external:
-            self.report(Note(f"{t.full_name} has an external origin: zeros are written"))
-        return TargetKind(
-            chunk=pool.chunk_size,
-            thin=True,
-            zeroes_new_chunks=pool.zero,
-            discard=dev.discard_max_bytes > 0 and not external,
-            fresh=self.created and not self.h.incremental,
-        )
-
     def _checkpoint(self, writer: ChunkWriter, dev: BlockDevice, applied: int) -> None:
         """Make everything up to ``applied`` durable, then say so on the volume.
 
         The device refuses every flush after one failed, so a durable point is
         never recorded past data that did not reach the disk.
         """
-        assert self.target is not None
+        t = self.target.lv
+        assert t is not None
         writer.checkpoint()
         dev.sync()
         new, base = _identities(self.h)
         token = ResumeToken(applied, new, base)
-        if ResumeToken.from_tags(self.target.tags) != token:
-            old = tags.with_prefix(self.target.tags, tags.RESUME_PREFIX)
+        if ResumeToken.from_tags(t.tags) != token:
+            old = tags.with_prefix(t.tags, tags.RESUME_PREFIX)
             with _signals_deferred():
-                lvm.set_tags(self.target, add=[token.tag], remove=old)
+                lvm.set_tags(t, add=[token.tag], remove=old)
         self.durable = applied
 
     def _keep_for_resume(self, writer: ChunkWriter, dev: BlockDevice, applied: int) -> None:
         """On interruption, keep the target and its token instead of removing it."""
-        assert self.target is not None
+        t = self.target.lv
+        assert t is not None
         if applied == 0 and not self.opt.resume:
             return  # nothing written yet: removing it loses nothing
         try:
             self._checkpoint(writer, dev, applied)
         except (LvdiffError, OSError) as e:
             self.report(Note(f"could not record progress ({e})"))
-        token = ResumeToken.from_tags(self.target.tags)
+        token = ResumeToken.from_tags(t.tags)
         if token is None:
             return  # no durable point was ever recorded: nothing to resume from
-        self.created = False  # keep it
+        self.target.keep()
         self.report(
             Note(
-                f"kept the incomplete {self.target.full_name} (durable up to byte "
+                f"kept the incomplete {t.full_name} (durable up to byte "
                 f"{token.offset}); resume with:\n  lvdiff --resume {token} ... | "
                 f"lvpatch --resume -g {self.vg} {self.name}"
             )
@@ -510,4 +534,4 @@ class _signals_deferred:
             signal.raise_signal(sig)
 
 
-__all__ = ["ApplyOptions", "ApplyResult", "StreamError", "apply_stream", "cleanup"]
+__all__ = ["ApplyOptions", "Restored", "StreamError", "apply_stream", "cleanup"]

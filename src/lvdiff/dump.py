@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from . import fingerprint as fpr
 from . import lineage, lvm, tags
@@ -26,6 +26,7 @@ from .blockdev import BlockDevice
 from .errors import LvdiffError, UsageError
 from .events import Note, Progress, Reporter, ignore
 from .plan import MAX_READ, ZERO, Extent, PlanTotals, plan
+from .restored import mib_per_s
 from .resume import ResumeToken
 from .spool import RangeSpool
 from .stream import Header, StreamDigest, StreamWriter, Totals, VolumeRef, data_record, encode_zero
@@ -63,6 +64,38 @@ class DumpResult:
     header: Header | None = None  # None in a dry run
     digest: StreamDigest | None = None
     totals: Totals | None = None
+
+    def to_dict(self, digest: StreamDigest | None) -> dict[str, Any]:
+        """The ``lvdiff --json`` summary (keys in the README); ``digest``: the one printed."""
+        t, h = self.totals, self.header
+        return {
+            "dry_run": h is None,
+            "kind": StreamKind.INCREMENTAL if self.base else StreamKind.FULL,
+            "vg": self.vg,
+            "pool": self.pool,
+            "new": {
+                "name": self.new,
+                "identity": h.new.identity if h else None,
+                "size": self.volume_size,
+            },
+            "base": (
+                {"name": self.base, "identity": h.base.identity if h and h.base else None}
+                if self.base
+                else None
+            ),
+            "chunk_size": self.chunk_size,
+            "ranges": self.ranges,
+            "bytes_to_read": self.plan.read_bytes,
+            "bytes_as_zero": self.plan.zero_bytes,
+            "check_level": h.detect_level if h else None,
+            "records": {"data": t.data_records, "zero": t.zero_records} if t else None,
+            "bytes": {"data": t.data_bytes, "zero": t.zero_bytes, "stored": t.stored_bytes}
+            if t
+            else None,
+            "stream_digest": str(digest) if digest else None,
+            "seconds": round(self.seconds, 3),
+            "read_mib_per_s": mib_per_s(self.plan.read_bytes, self.seconds) if t else None,
+        }
 
 
 def dump(

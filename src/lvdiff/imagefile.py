@@ -28,18 +28,18 @@ import re
 import stat
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from . import fingerprint as fpr
+from .apply_records import DEFAULT_WORKERS, write_records
 from .blockdev import BlockDevice
+from .chunk_writer import ChunkWriter, TargetKind
 from .errors import BaseMismatch, LvdiffError, UsageError, VerifyFailed
 from .events import Note, Progress, Reporter, ignore
-from .lineage import check_recorded
-from .restore import DEFAULT_WORKERS, write_records
-from .stream import Digest, Header, Record, StreamDigest, StreamReader, Totals
-from .writer import ChunkWriter, TargetKind
+from .lineage import BaseCheck, check_base
+from .restored import Restored
+from .stream import Digest, Header, Record, StreamDigest, StreamReader
 
 XATTR = "user.lvdiff.identity"
 STAMP_XATTR = "user.lvdiff.stamp"
@@ -54,17 +54,6 @@ _COPY_STEP = 1 << 20
 _CLOCK_REALTIME_COARSE = 5  # Linux: the clock the kernel stamps file writes with
 
 
-@dataclass(frozen=True)
-class FileResult:
-    target: str
-    header: Header
-    totals: Totals
-    digest: StreamDigest | None
-    base_checked: str
-    verified_level: int
-    reflinked: bool
-
-
 def restore_to_file(
     inp: BinaryIO,
     image: Path,
@@ -75,7 +64,7 @@ def restore_to_file(
     report: Reporter = ignore,
     digest: Digest | None = None,
     expect_digest: StreamDigest | None = None,
-) -> FileResult:
+) -> Restored:
     """Build ``image`` from a stream (and, for an incremental one, the image ``base``).
 
     ``digest`` and ``expect_digest`` are StreamReader's ``file_digest`` and ``expect``.
@@ -84,7 +73,7 @@ def restore_to_file(
     h = reader.header
     _refuse_misuse(h, image, base)
     _remove_stale_temps(image.parent, report)
-    checked = _check_base(h, base, base_check, report) if base is not None else ""
+    checked = _check_base(h, base, base_check, report) if base is not None else None
     tmp = image.with_name(f".{image.name}.lvpatch-{os.getpid()}")
     fd = _create_locked(tmp)
     ok = False
@@ -103,14 +92,15 @@ def restore_to_file(
             tmp.unlink(missing_ok=True)
         os.close(fd)  # only now: the lock kept other restores' cleanup off tmp
     _sync_dir(image.parent)
-    return FileResult(
-        str(image),
-        h,
-        reader.totals,
-        reader.file_digest,
-        checked,
-        h.detect_level if h.new_fingerprint else 0,
-        reflinked,
+    return Restored(
+        target=str(image),
+        header=h,
+        totals=reader.totals,
+        digest=reader.file_digest,
+        base_check=checked,
+        verified_level=h.detect_level if h.new_fingerprint else 0,
+        read_only=True,
+        reflinked=reflinked,
     )
 
 
@@ -256,8 +246,8 @@ def _outlast(mtime_ns: int) -> None:
         time.sleep(0.001)
 
 
-def _check_base(h: Header, base: Path, base_check: bool, report: Reporter) -> str:
-    """Lineage first (O(1)), then content, as lvpatch does on LVM.
+def _check_base(h: Header, base: Path, base_check: bool, report: Reporter) -> BaseCheck:
+    """Lineage first (O(1)), then content, with the check lvpatch makes on LVM.
 
     An image's mode is no promise (root writes anyway, owners chmod): its
     identity counts only while its stamp shows it unchanged.  Otherwise, like
@@ -272,26 +262,12 @@ def _check_base(h: Header, base: Path, base_check: bool, report: Reporter) -> st
         raise BaseMismatch(f"{base} holds {st.st_size} bytes; the stream's base held {h.base_size}")
     if not base_check:
         report(Note("base check skipped (--no-base-check): BASE is not verified"))
-        return "not checked (--no-base-check)"
-    checked = []
+        return check_base(h, str(base), None, False, enabled=False)
     recorded, doubt = _proven_identity(base, st)
     if doubt and h.base.identity is not None:
         report(Note(doubt))
-    check_recorded(h, str(base), recorded, writable=False)
-    if recorded is not None and h.base.identity is not None:
-        checked.append("identity matches")
-    fp = h.base_fingerprint
-    if fp is None:
-        checked.append("content not checked (stream made with -d 0)")
-    else:
-        with BlockDevice(str(base)) as dev:
-            if not fpr.verify(fp, dev.read):
-                raise BaseMismatch(
-                    f"{base} is not the base this stream was made from "
-                    f"({h.base.name}, check level {fp.level})"
-                )
-        checked.append(f"content matches at level {fp.level}")
-    return ", ".join(checked)
+    with BlockDevice(str(base)) as dev:
+        return check_base(h, str(base), recorded, True, dev.read)
 
 
 # --- the temporary file: locked while built, named without replacing -------------

@@ -24,8 +24,14 @@ and lvdiff resumes a transfer only from read-only volumes.
 
 from __future__ import annotations
 
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import fingerprint as fpr
 from . import lvm, tags
 from .errors import BaseMismatch
+from .events import Note, Reporter, ignore
 from .stream import Header
 
 
@@ -54,28 +60,82 @@ def identity_tag(identity: str) -> str:
     return tags.IDENTITY_PREFIX + identity
 
 
-def check_base(h: Header, base: lvm.LV) -> str | None:
-    """Refuse a target base that is recorded as something other than the stream's BASE.
+class Identity(enum.Enum):
+    """What a target base's recorded identity said about it."""
 
-    Returns a note for the user when the identity matches but cannot prove
-    the content (the base is writable), else None.
+    MATCHES = "identity matches"  # recorded, provable, and the stream's BASE
+    NONE = ""  # nothing recorded (made by other means), or a 1.x stream: content decides
+    UNPROVEN = "identity cannot prove it unchanged"  # recorded, but writable or changed since
+    SKIPPED = "not checked (--no-base-check)"
+
+
+@dataclass(frozen=True)
+class BaseCheck:
+    """How a target's base was checked before anything was written; the CLI renders it.
+
+    ``content_level`` is the level at which BASE's content was found equal to
+    the stream's fingerprint of it; None when no content check ran.
     """
-    return check_recorded(h, base.full_name, recorded_identity(base), base.writable)
+
+    identity: Identity
+    content_level: int | None = None
+
+    def __str__(self) -> str:
+        if self.identity is Identity.SKIPPED:
+            return self.identity.value
+        content = (
+            f"content matches at level {self.content_level}"
+            if self.content_level is not None
+            else "not checked (stream made with -d 0)"
+        )
+        if self.identity is Identity.MATCHES:
+            return f"identity matches, {content.replace('not checked', 'content not checked')}"
+        return content
 
 
-def check_recorded(h: Header, label: str, recorded: str | None, writable: bool) -> str | None:
-    """The lineage check itself, for anything that records an identity (a tag, an xattr)."""
+def check_base(
+    h: Header,
+    label: str,
+    recorded: str | None,
+    provable: bool,
+    read: Callable[[int, int], bytes] | None = None,
+    enabled: bool = True,
+    report: Reporter = ignore,
+) -> BaseCheck:
+    """Check that a target base is the stream's BASE: lineage first (O(1)), then content.
+
+    One check for volumes and image files alike.  ``recorded`` is the identity
+    the base records (a tag, an extended attribute), ``provable`` whether it
+    can prove the base unchanged since (a read-only volume, an image whose
+    stamp still matches); ``read`` reads the base's bytes for the content
+    check, or is None to check the identity alone (lvpatch does that before
+    it creates anything, and the content later, through the new snapshot).
+    Raises BaseMismatch before anything is written.
+    """
     assert h.base is not None
-    if recorded is None or h.base.identity is None:
-        return None  # made by other means, or a 1.x stream: the content check decides
-    if recorded != h.base.identity:
+    if not enabled:
+        return BaseCheck(Identity.SKIPPED)
+    identity = Identity.NONE
+    if recorded is not None and h.base.identity is not None:
+        if recorded != h.base.identity:
+            raise BaseMismatch(
+                f"{label} holds {recorded}, not this stream's base "
+                f"{h.base.name} ({h.base.identity}): apply the streams of a chain in order"
+            )
+        identity = Identity.MATCHES if provable else Identity.UNPROVEN
+    if identity is Identity.UNPROVEN and read is None:
+        report(
+            Note(
+                f"{label} is writable, so its identity cannot prove it unchanged "
+                "since it was restored; the content check decides"
+            )
+        )
+    fp = h.base_fingerprint
+    if read is None or fp is None:
+        return BaseCheck(identity)
+    if not fpr.verify(fp, read):
         raise BaseMismatch(
-            f"{label} holds {recorded}, not this stream's base "
-            f"{h.base.name} ({h.base.identity}): apply the streams of a chain in order"
+            f"{label} is not the base this stream was made from "
+            f"({h.base.name}, check level {fp.level})"
         )
-    if writable:
-        return (
-            f"{label} is writable, so its identity cannot prove it unchanged "
-            "since it was restored; the content check decides"
-        )
-    return None
+    return BaseCheck(identity, fp.level)

@@ -9,8 +9,9 @@ import sys
 import pytest
 
 from lvdiff import cli
-from lvdiff.apply import ApplyResult
 from lvdiff.cli.lvpatch import describe_header as describe
+from lvdiff.lineage import BaseCheck, Identity
+from lvdiff.restored import Restored
 from lvdiff.stream import Header, Totals, VolumeRef
 
 BIN = [sys.executable, "-c", "import sys; from lvdiff.cli import {0}; sys.exit({0}())"]
@@ -116,10 +117,18 @@ def test_verified_is_said_only_when_a_check_ran():
         compression="zstd",
         detect_level=0,
     )
-    res = ApplyResult("vg1/n", h, Totals(), "00", "not checked (stream made with -d 0)", 0, True)
+    d0 = BaseCheck(Identity.NONE)  # a stream made with -d 0: no content check of BASE
+    res = Restored(
+        target="vg1/n", header=h, totals=Totals(), digest=None, base_check=d0,
+        verified_level=0, read_only=True,
+    )  # fmt: skip
     text = cli.outcome(res)
     assert "NOT verified" in text and "restored and verified" not in text
     assert "base not checked" in text and "read-only" in text
-    res = ApplyResult("vg1/n", h, Totals(), "00", "identity matches, content matches", 2, False)
+    both = BaseCheck(Identity.MATCHES, 2)
+    res = Restored(
+        target="vg1/n", header=h, totals=Totals(), digest=None, base_check=both,
+        verified_level=2, read_only=False,
+    )  # fmt: skip
     text = cli.outcome(res)
     assert "verified against NEW's fingerprint (level 2)" in text and "read-only" not in text

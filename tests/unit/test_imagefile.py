@@ -26,7 +26,8 @@ import pytest
 
 from lvdiff.errors import LvdiffError, UsageError
 from lvdiff.events import Event, Note, Progress
-from lvdiff.imagefile import STAMP_XATTR, XATTR, FileResult, image_identity, restore_to_file
+from lvdiff.imagefile import STAMP_XATTR, XATTR, image_identity, restore_to_file
+from lvdiff.restored import Restored
 
 from .test_operator import LVPATCH, stream_between, volumes
 
@@ -35,7 +36,7 @@ M = 1 << 20
 
 def restore(
     data: bytes, image: Path, base: Path | None = None, report=None
-) -> tuple[FileResult, list[str]]:
+) -> tuple[Restored, list[str]]:
     """restore_to_file in this process; the notes it reported, as text."""
     notes: list[str] = []
 
@@ -89,7 +90,7 @@ def test_a_restored_image_is_read_only_and_keeps_its_identity_while_untouched(tm
     moved = tmp_path / "moved.img"  # a rename (new ctime) is no change of content
     img0.rename(moved)
     res, notes = restore(stream_between(v[0], v[1], "id-0", "id-1"), tmp_path / "v1.img", moved)
-    assert res.base_checked == "identity matches, content matches at level 2", notes
+    assert str(res.base_check) == "identity matches, content matches at level 2", notes
     assert notes == []
     assert (tmp_path / "v1.img").read_bytes() == v[1]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["moved.img", "v1.img"]
@@ -106,8 +107,8 @@ def test_an_image_written_to_since_its_restore_no_longer_proves_its_identity(tmp
     # -d 0: no content check, so only the identity could have vouched for BASE
     s1 = stream_between(v[0], v[1], "id-0", "id-1", level=0)
     res, notes = restore(s1, tmp_path / "v1.img", img0)
-    assert "identity matches" not in res.base_checked
-    assert res.base_checked == "content not checked (stream made with -d 0)"
+    assert "identity matches" not in str(res.base_check)
+    assert str(res.base_check) == "not checked (stream made with -d 0)"
     assert any("changed since it was restored" in n and "id-0" in n for n in notes), notes
     # with a content check, a sampled one may miss a 4 KiB write: never "identity matches"
     s1 = stream_between(v[0], v[1], "id-0", "id-1", level=2)
@@ -116,7 +117,7 @@ def test_an_image_written_to_since_its_restore_no_longer_proves_its_identity(tmp
     except LvdiffError:  # the samples caught it (BaseMismatch) or NEW's check did
         pass
     else:
-        assert res.base_checked == "content matches at level 2"
+        assert str(res.base_check) == "content matches at level 2"
     assert os.getxattr(img0, XATTR) == b"id-0"  # the attribute survived the write...
     assert image_identity(img0) is None  # ...but proves nothing any more
 
@@ -128,7 +129,7 @@ def test_an_image_with_an_identity_but_no_stamp_is_checked_by_content(tmp_path):
     old.write_bytes(v[0])
     os.setxattr(old, XATTR, b"id-0")
     res, notes = restore(stream_between(v[0], v[1], "id-0", "id-1"), tmp_path / "v1.img", old)
-    assert res.base_checked == "content matches at level 2"
+    assert str(res.base_check) == "content matches at level 2"
     assert any("no stamp" in n for n in notes), notes
     assert (tmp_path / "v1.img").read_bytes() == v[1]
     assert image_identity(old) is None
@@ -157,7 +158,7 @@ def test_the_base_is_copied_by_hand_where_copy_file_range_cannot(tmp_path, monke
     if res.reflinked:
         pytest.skip("this file system reflinks: copy_file_range is never asked")
     assert calls  # it was asked, failed, and the copy went on by hand
-    assert img.read_bytes() == v1 and res.base_checked.startswith("identity matches")
+    assert img.read_bytes() == v1 and str(res.base_check).startswith("identity matches")
     assert allocated(img) <= len(v1) // 4  # the holes stayed holes
 
 
@@ -187,7 +188,7 @@ def test_the_base_image_on_another_file_system(tmp_path):
         img = tmp_path / "v1.img"
         res, _ = restore(stream_between(v0, v1, "id-0", "id-1"), img, base)
         assert img.read_bytes() == v1 and not res.reflinked
-        assert res.base_checked == "identity matches, content matches at level 2"
+        assert str(res.base_check) == "identity matches, content matches at level 2"
         assert allocated(img) <= len(v1) // 4
         assert [p.name for p in tmp_path.iterdir()] == ["v1.img"]
     finally:

@@ -45,12 +45,34 @@ def header(base_identity: str | None) -> Header:
     )
 
 
+def check(h: Header, base: LV, notes: list | None = None) -> lineage.BaseCheck:
+    """The identity half of the base check, as lvpatch makes it on a volume before writing."""
+    report = notes.append if notes is not None else lineage.ignore
+    recorded = lineage.recorded_identity(base)
+    return lineage.check_base(h, base.full_name, recorded, not base.writable, report=report)
+
+
 def test_check_base():
-    assert lineage.check_base(header("id-1"), lv("b")) is None  # no identity: content decides
+    none = lineage.BaseCheck(lineage.Identity.NONE)
+    assert check(header("id-1"), lv("b")) == none  # no identity: content decides
     ro = ("Vri---tz--", ("lvdiff_identity:id-1",))
-    assert lineage.check_base(header("id-1"), lv("b", *ro)) is None
+    assert check(header("id-1"), lv("b", *ro)).identity is lineage.Identity.MATCHES
     with pytest.raises(BaseMismatch, match="not this stream's base"):
-        lineage.check_base(header("id-0"), lv("b", *ro))
-    note = lineage.check_base(header("id-1"), lv("b", "Vwi---tz--", ro[1]))
-    assert note and "writable" in note
-    assert lineage.check_base(header(None), lv("b", *ro)) is None  # a 1.x stream
+        check(header("id-0"), lv("b", *ro))
+    notes: list = []
+    got = check(header("id-1"), lv("b", "Vwi---tz--", ro[1]), notes)
+    assert got.identity is lineage.Identity.UNPROVEN and "writable" in notes[0].text
+    assert check(header(None), lv("b", *ro)) == none  # a 1.x stream
+
+
+def test_one_wording_for_what_was_checked():
+    from lvdiff.lineage import BaseCheck, Identity
+
+    assert str(BaseCheck(Identity.MATCHES, 2)) == "identity matches, content matches at level 2"
+    assert str(BaseCheck(Identity.MATCHES)) == (
+        "identity matches, content not checked (stream made with -d 0)"
+    )
+    assert str(BaseCheck(Identity.NONE, 3)) == "content matches at level 3"
+    assert str(BaseCheck(Identity.UNPROVEN, 2)) == "content matches at level 2"
+    assert str(BaseCheck(Identity.NONE)) == "not checked (stream made with -d 0)"
+    assert str(BaseCheck(Identity.SKIPPED)) == "not checked (--no-base-check)"

@@ -9,9 +9,9 @@ import tracemalloc
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lvdiff.chunk_writer import ChunkWriter, TargetKind
 from lvdiff.plan import DATA, ZERO, Extent, plan
 from lvdiff.thindelta import Delta, DeltaRange
-from lvdiff.writer import ChunkWriter, TargetKind
 
 K = 64 * 1024
 

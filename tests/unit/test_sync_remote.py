@@ -256,8 +256,8 @@ def test_a_dir_target_keeps_each_source_apart_and_restores_both(tmp_path, lvm_mo
     """F1 on a dir: target: two machines' `data`, each its own folder and chain."""
     from datetime import UTC, datetime, timedelta
 
+    from lvdiff.sync.chain import chains, restore
     from lvdiff.sync.job import Job, run
-    from lvdiff.sync.restore import chains, restore
     from lvdiff.sync.targets import DirTarget
 
     from .conftest import VOLUME, content
@@ -290,7 +290,7 @@ def test_a_dir_target_keeps_each_source_apart_and_restores_both(tmp_path, lvm_mo
 
 def test_an_older_lvsyncs_directory_still_restores_every_chain(tmp_path):
     """A version 2 manifest, two machines' `data` in one folder: both chains restore."""
-    from lvdiff.sync.restore import chains
+    from lvdiff.sync.chain import chains
     from lvdiff.sync.targets import DirTarget
 
     store = tmp_path / "store"

@@ -1,7 +1,7 @@
 """Command-line front ends: argument parsing, messages and exit codes only.
 
 All work happens in the library (:mod:`lvdiff.dump`, :mod:`lvdiff.apply`,
-:mod:`lvdiff.imagefile`, :mod:`lvdiff.check`), which other programs can call
+:mod:`lvdiff.imagefile`, :mod:`lvdiff.stream_check`), which other programs can call
 directly.  Each command imports only its own engine, in its main function:
 a tool's start is mostly imports.
 """

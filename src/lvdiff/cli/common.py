@@ -268,7 +268,3 @@ def run(prog: str, body: Callable[[], int], console: Console, need_root: bool = 
     except (LvdiffError, OSError) as e:
         console.close()
         fail(prog, e, console.json_to)
-
-
-def rate(nbytes: int, seconds: float) -> float:
-    return round(nbytes / (1 << 20) / seconds, 1) if seconds > 0 else 0.0

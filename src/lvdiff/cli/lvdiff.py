@@ -7,13 +7,12 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from .. import __version__
 from ..errors import UsageError
 from ..lvm import parse_lv_spec
-from ..stream.digest import Digest, HashingWriter, StreamDigest
-from ..stream.header import StreamKind
+from ..stream.digest import Digest, HashingWriter
 from . import common as c
 
 if TYPE_CHECKING:
@@ -87,42 +86,6 @@ def lvdiff_parser() -> argparse.ArgumentParser:
     )
     c.add_common(p, f"lvdiff {__version__}")
     return p
-
-
-def summary(res: DumpResult, digest: StreamDigest | None) -> dict[str, Any]:
-    """The --json object (documented in the README); ``digest`` is the one printed."""
-    t = res.totals
-    return {
-        "dry_run": res.header is None,
-        "kind": StreamKind.INCREMENTAL if res.base else StreamKind.FULL,
-        "vg": res.vg,
-        "pool": res.pool,
-        "new": {
-            "name": res.new,
-            "identity": res.header.new.identity if res.header else None,
-            "size": res.volume_size,
-        },
-        "base": (
-            {
-                "name": res.base,
-                "identity": res.header.base.identity if res.header and res.header.base else None,
-            }
-            if res.base
-            else None
-        ),
-        "chunk_size": res.chunk_size,
-        "ranges": res.ranges,
-        "bytes_to_read": res.plan.read_bytes,
-        "bytes_as_zero": res.plan.zero_bytes,
-        "check_level": res.header.detect_level if res.header else None,
-        "records": {"data": t.data_records, "zero": t.zero_records} if t else None,
-        "bytes": {"data": t.data_bytes, "zero": t.zero_bytes, "stored": t.stored_bytes}
-        if t
-        else None,
-        "stream_digest": str(digest) if digest else None,
-        "seconds": round(res.seconds, 3),
-        "read_mib_per_s": c.rate(res.plan.read_bytes, res.seconds) if t else None,
-    }
 
 
 def describe(res: DumpResult) -> str:
@@ -229,7 +192,7 @@ def lvdiff_main(argv: Sequence[str] | None = None) -> int:
             )
             if shown and where:
                 print(shown.tag_line(where), file=sys.stderr)
-        c.emit_json(json_to, "lvdiff", summary(result, shown))
+        c.emit_json(json_to, "lvdiff", result.to_dict(shown))
         return 0
 
     return c.run("lvdiff", body, console)

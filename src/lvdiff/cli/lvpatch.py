@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from .. import __version__
 from ..errors import UsageError
@@ -14,9 +14,7 @@ from ..stream import Digest, StreamDigest, escape_for_terminal
 from . import common as c
 
 if TYPE_CHECKING:
-    from ..apply import ApplyResult
-    from ..check import CheckResult
-    from ..imagefile import FileResult
+    from ..restored import Restored
     from ..stream import Header, Pending
 
 
@@ -182,66 +180,21 @@ def describe_header(h: Header, version: tuple[int, int] | None = None) -> str:
     return "\n".join(line for line in lines if line)
 
 
-def outcome(res: ApplyResult | FileResult) -> str:
+def outcome(res: Restored) -> str:
     """The last word of lvpatch: what was restored and which checks actually ran."""
     h = res.header
     if res.verified_level:
         checked = f"verified against NEW's fingerprint (level {res.verified_level})"
     else:
         checked = "NOT verified (the stream was made with -d 0)"
-    read_only = getattr(res, "read_only", False)
     lines = [
         f"lvpatch: {res.target} restored, {checked}"
-        + ("; read-only" if read_only else "")
+        + ("; read-only" if res.read_only else "")
         + f" ({res.totals.data_bytes} bytes written, {res.totals.zero_bytes} zeroed)"
     ]
-    if h.incremental and res.base_checked:
-        lines.append(f"lvpatch: base {res.base_checked}")
+    if h.incremental and res.base_check:
+        lines.append(f"lvpatch: base {res.base_check}")
     return "\n".join(lines)
-
-
-def summary(
-    res: ApplyResult | FileResult, seconds: float, digest: StreamDigest | None = None
-) -> dict[str, Any]:
-    """The --json object of a restore (documented in the README); ``digest``: the one shown."""
-    h, t = res.header, res.totals
-    return {
-        "action": "restore",
-        "target": res.target,
-        "kind": h.kind,
-        "new": {"name": h.new.name, "identity": h.new.identity, "size": h.volume_size},
-        "base": {"name": h.base.name, "identity": h.base.identity} if h.base else None,
-        "bytes": {"written": t.data_bytes, "zeroed": t.zero_bytes, "stored": t.stored_bytes},
-        "records": {"data": t.data_records, "zero": t.zero_records},
-        "stream_digest": str(digest) if digest else None,
-        "base_check": res.base_checked or None,
-        "verified_level": res.verified_level,
-        "read_only": getattr(res, "read_only", None),
-        "seconds": round(seconds, 3),
-        "mib_per_s": c.rate(t.data_bytes + t.zero_bytes, seconds),
-    }
-
-
-def check_summary(res: CheckResult, args: argparse.Namespace) -> dict[str, Any]:
-    h, t = res.header, res.totals
-    return {
-        "action": "check",
-        "complete": True,
-        "format": f"{res.version[0]}.{res.version[1]}",
-        "kind": h.kind,
-        "vg": h.vg,
-        "pool": h.pool,
-        "new": {"name": h.new.name, "identity": h.new.identity, "size": h.volume_size},
-        "base": {"name": h.base.name, "identity": h.base.identity, "size": h.base_size}
-        if h.base
-        else None,
-        "created": h.created,
-        "check_level": h.detect_level,
-        "meta": [list(kv) for kv in h.meta],
-        "records": {"data": t.data_records, "zero": t.zero_records},
-        "bytes": {"data": t.data_bytes, "zero": t.zero_bytes, "stored": t.stored_bytes},
-        "stream_digest": str(shown) if (shown := _shown(args, res.digest)) else None,
-    }
 
 
 def _digest(args: argparse.Namespace) -> Digest | None:
@@ -361,14 +314,14 @@ def lvpatch_main(argv: Sequence[str] | None = None) -> int:
                 report=console,
                 announce=lambda h: print(f"lvpatch: {describe_header(h)}", file=sys.stderr),
             )
-        _restored(res, args, console, json_to, started)
+        _report_restore(res, args, console, json_to, started)
         return 0
 
     return c.run("lvpatch", body, console, need_root=not file_mode)
 
 
-def _restored(
-    res: ApplyResult | FileResult,
+def _report_restore(
+    res: Restored,
     args: argparse.Namespace,
     console: c.Console,
     json_to: str | None,
@@ -382,7 +335,7 @@ def _restored(
     shown = _shown(args, res.digest)
     if shown:
         print(shown.tag_line(_input_name(args)), file=sys.stderr)
-    c.emit_json(json_to, "lvpatch", summary(res, time.monotonic() - started, shown))
+    c.emit_json(json_to, "lvpatch", res.to_dict(time.monotonic() - started, shown))
 
 
 def _without_lvm(
@@ -407,9 +360,9 @@ def _without_lvm(
                 expect_digest=args.expect_digest,
                 **({"workers": args.workers} if args.workers else {}),
             )
-        _restored(res, args, console, json_to, started)
+        _report_restore(res, args, console, json_to, started)
         return 0
-    from ..check import check_stream
+    from ..stream_check import check_stream
 
     def line(p: Pending) -> None:
         stored = len(p.payload) if p.payload is not None else 0
@@ -432,5 +385,5 @@ def _without_lvm(
         shown = _shown(args, res.digest)
         if shown:
             print(shown.tag_line(_input_name(args)), file=out)
-    c.emit_json(json_to, "lvpatch", check_summary(res, args))
+    c.emit_json(json_to, "lvpatch", res.to_dict(_shown(args, res.digest)))
     return 0

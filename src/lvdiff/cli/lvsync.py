@@ -188,7 +188,7 @@ def lvsync_main(argv: Sequence[str] | None = None) -> int:
 
 
 def _restore(args: argparse.Namespace, console: c.Console, json_to: str | None) -> int:
-    from ..sync.restore import chains, restore
+    from ..sync.chain import chains, restore
     from ..sync.targets import DirTarget
 
     if not args.restore.startswith("dir:"):

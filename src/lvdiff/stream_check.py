@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from .stream import Digest, Header, Pending, StreamDigest, StreamReader, Totals
 
@@ -21,6 +21,28 @@ class CheckResult:
     version: tuple[int, int]
     totals: Totals
     digest: StreamDigest  # of the whole file, as sha256sum (or xxh128sum) prints it
+
+    def to_dict(self, digest: StreamDigest | None) -> dict[str, Any]:
+        """``lvpatch --check --json``'s summary (keys in the README); ``digest``: the one shown."""
+        h, t = self.header, self.totals
+        return {
+            "action": "check",
+            "complete": True,
+            "format": f"{self.version[0]}.{self.version[1]}",
+            "kind": h.kind,
+            "vg": h.vg,
+            "pool": h.pool,
+            "new": {"name": h.new.name, "identity": h.new.identity, "size": h.volume_size},
+            "base": {"name": h.base.name, "identity": h.base.identity, "size": h.base_size}
+            if h.base
+            else None,
+            "created": h.created,
+            "check_level": h.detect_level,
+            "meta": [list(kv) for kv in h.meta],
+            "records": {"data": t.data_records, "zero": t.zero_records},
+            "bytes": {"data": t.data_bytes, "zero": t.zero_bytes, "stored": t.stored_bytes},
+            "stream_digest": str(digest) if digest else None,
+        }
 
 
 def check_stream(

@@ -7,11 +7,11 @@ import os
 
 import pytest
 
+from lvdiff.apply_records import write_records
 from lvdiff.blockdev import BlockDevice
+from lvdiff.chunk_writer import ChunkWriter, TargetKind
 from lvdiff.errors import CorruptStream, TruncatedStream
-from lvdiff.restore import write_records
 from lvdiff.stream import Header, StreamReader, StreamWriter, VolumeRef, encode_data, encode_zero
-from lvdiff.writer import ChunkWriter, TargetKind
 
 M = 1 << 20
 

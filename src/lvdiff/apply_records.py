@@ -17,8 +17,8 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from .chunk_writer import ChunkWriter
 from .stream import Pending, Record, RecordType, StreamReader
-from .writer import ChunkWriter
 
 DEFAULT_WORKERS = max(2, min(4, os.cpu_count() or 2))
 AHEAD_BYTES = 64 << 20  # data read and decoded ahead of the writer, at most
