@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from . import fingerprint as fpr
-from . import lineage, lvm, tags
+from . import lineage, locks, lvm, tags
 from .apply_records import DEFAULT_WORKERS, write_records
 from .blockdev import BlockDevice, DeviceError
 from .chunk_writer import ChunkWriter, TargetKind
@@ -266,7 +266,7 @@ class _Restore:
             lvm.activate(lv)
             target.lv = lv
             return lv.dev
-        self.stack.enter_context(lvm.target_lock(vg, self.name))
+        self.stack.enter_context(locks.target_lock(vg, self.name, report=self.report))
         if opt.resume:
             target.lv = self._resumable_target()
         else:
@@ -455,7 +455,7 @@ def _identities(h: Header) -> tuple[str, str | None]:
 
 def abandon(vg: str, name: str) -> None:
     """Remove a restore an interrupted ``lvpatch -s`` kept for resuming (zfs recv -A)."""
-    with lvm.target_lock(vg, lvm.check_name(name, "LV name"), wait=False) as free:
+    with locks.target_lock(vg, lvm.check_name(name, "LV name"), wait=False) as free:
         if not free:
             raise UsageError(f"{vg}/{name} is being written by a running lvpatch")
         lv = lvm.get_lv(vg, name)
@@ -500,9 +500,17 @@ def cleanup(
     Volumes kept for ``--resume`` go only when ``resumable`` (lvpatch --cleanup).
     """
     found = lvm.lvs_in_vg(vg) if listing is None else listing
-    removed = lvm.remove_stale(found, tags.INCOMPLETE, resumable=resumable, locked=locked)
-    for full_name in removed:
-        report(Note(f"removed {full_name}, left incomplete by an interrupted lvpatch"))
+    removed = []
+    for lv in found:
+        if tags.INCOMPLETE not in lv.tags or lv.name in locked:
+            continue
+        if not resumable and tags.with_prefix(lv.tags, tags.RESUME_PREFIX):
+            continue  # kept on purpose for lvpatch --resume
+        with locks.target_lock(lv.vg, lv.name, wait=False) as free:
+            if free:  # nobody is building it: the lvpatch that was died
+                lvm.remove(lv)
+                removed.append(lv.full_name)
+                report(Note(f"removed {lv.full_name}, left incomplete by an interrupted lvpatch"))
     return removed
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from . import fingerprint as fpr
-from . import lineage, lvm, tags
+from . import lineage, locks, lvm, tags
 from .blockdev import BlockDevice
 from .errors import LvdiffError, UsageError
 from .events import Note, Progress, Reporter, ignore
@@ -134,9 +134,12 @@ def dump(
     chunk = pool_lv.chunk_size
 
     with ExitStack() as stack:
-        stack.enter_context(lvm.pool_lock(vg, pool_name))
-        for stale in lvm.remove_stale(lvm.lvs_in_vg(vg), tags.TEMP, pool_name):
-            report(Note(f"removed {stale}, left by a killed lvdiff"))
+        stack.enter_context(locks.pool_lock(vg, pool_name, report))
+        # With the pool lock held, every temporary snapshot in the pool is a killed lvdiff's.
+        for lv in lvm.lvs_in_vg(vg):
+            if tags.TEMP in lv.tags and lv.pool == pool_name:
+                lvm.remove(lv)
+                report(Note(f"removed {lv.full_name}, left by a killed lvdiff"))
         src_new = _point_in_time(stack, new_lv, "new")
         src_base = _point_in_time(stack, base_lv, "base") if base_lv else None
         for lv, shown in ((src_new, new_lv), (src_base, base_lv)):
@@ -151,7 +154,7 @@ def dump(
         # ranges are spooled: on a busy pool a held one pins old metadata blocks.
         planned = PlanTotals()
         with (
-            lvm.metadata_snapshot(vg, pool_name) as meta_dev,
+            locks.metadata_snapshot(vg, pool_name, report) as meta_dev,
             thin_delta(opt.thin_delta, meta_dev, snap1, src_new.thin_id) as delta,
         ):
             sb = delta.superblock

@@ -7,23 +7,17 @@ tool's stderr, which is what an administrator needs to act on it.
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import json
 import os
 import re
-import stat
 import subprocess
-import sys
-from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, suppress
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from . import tags
 from .errors import CommandFailed, LvdiffError, UsageError
 
-LOCK_DIR = Path("/run/lock/lvdiff")
 _NAME_RE = re.compile(r"^[A-Za-z0-9+_.][A-Za-z0-9+_.-]*$")
 
 LV_FIELDS = (
@@ -263,181 +257,6 @@ def pool_out_of_data_space(vg: str, pool: str) -> bool:
 
 def metadata_device(vg: str, pool: str) -> str:
     return f"/dev/mapper/{dm_name(vg, pool)}_tmeta"
-
-
-def _private_dir() -> int:
-    """An fd of LOCK_DIR, made (mode 0700) if missing, and proved private to us.
-
-    /run/lock is world-writable: a local user could create /run/lock/lvdiff
-    first and plant symlinks in it for root to write through, or swap lock
-    files under a running lvdiff.  So the directory must be a real directory
-    (not a link), owned by us and writable by nobody else; files in it are
-    opened relative to this fd and never through a link.
-    """
-    LOCK_DIR.parent.mkdir(parents=True, exist_ok=True)
-    with suppress(FileExistsError):
-        os.mkdir(LOCK_DIR, 0o700)
-    try:
-        fd = os.open(LOCK_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as e:
-        raise LvdiffError(f"{LOCK_DIR} is not a directory ({e.strerror}); remove it") from None
-    st = os.fstat(fd)
-    if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) & 0o022:
-        os.close(fd)
-        raise LvdiffError(
-            f"{LOCK_DIR} belongs to uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):o}: "
-            "another user could tamper with lvdiff's locks; remove it and run again"
-        )
-    return fd
-
-
-def _open_private(name: str, flags: int) -> int:
-    """Open LOCK_DIR/name (created 0600), never following a symlink."""
-    dfd = _private_dir()
-    try:
-        return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dfd)
-    except OSError as e:
-        raise LvdiffError(f"cannot open {LOCK_DIR / name}: {e.strerror}") from None
-    finally:
-        os.close(dfd)
-
-
-@contextmanager
-def _flock(name: str, busy: str | None) -> Iterator[bool]:
-    """Hold an exclusive flock on LOCK_DIR/name; the kernel drops it if we die.
-
-    With ``busy`` set, wait (saying so once); without, yield False at once
-    when someone else holds it.
-    """
-    fd = _open_private(name, os.O_RDWR | os.O_CREAT)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if busy is None:
-                yield False
-                return
-            print(busy, file=sys.stderr)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield True
-    finally:
-        os.close(fd)
-
-
-def pool_lock(vg: str, pool: str) -> AbstractContextManager[bool]:
-    """Serialise our own runs on one pool: it holds at most one metadata snapshot."""
-    return _flock(
-        f"pool-{dm_name(vg, pool)}.lock", f"lvdiff: waiting for another lvdiff on {vg}/{pool}"
-    )
-
-
-def target_lock(vg: str, name: str, wait: bool = True) -> AbstractContextManager[bool]:
-    """Held by lvpatch while it builds vg/name: an incomplete volume whose lock is
-    free belongs to an lvpatch that died."""
-    return _flock(
-        f"target-{dm_name(vg, name)}.lock",
-        f"lvpatch: waiting for another lvpatch on {vg}/{name}" if wait else None,
-    )
-
-
-def job_lock(key: str) -> AbstractContextManager[bool]:
-    """Held by an lvsync run of one job for its whole life: a second run of it stops at once."""
-    return _flock(f"lvsync-{key}.lock", None)
-
-
-class _Marker:
-    """A one-line file in LOCK_DIR: which metadata root this host's lvdiff reserved."""
-
-    def __init__(self, vg: str, pool: str) -> None:
-        self.name = f"pool-{dm_name(vg, pool)}.held"
-
-    def read(self) -> str | None:
-        try:
-            fd = _open_private(self.name, os.O_RDONLY)
-        except LvdiffError:
-            return None
-        with os.fdopen(fd) as f:
-            return f.read().strip()
-
-    def write(self, text: str) -> None:
-        fd = _open_private(self.name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-        with os.fdopen(fd, "w") as f:
-            f.write(text + "\n")
-
-    def remove(self) -> None:
-        dfd = _private_dir()
-        try:
-            os.unlink(self.name, dir_fd=dfd)
-        except FileNotFoundError:
-            pass
-        finally:
-            os.close(dfd)
-
-
-@contextmanager
-def metadata_snapshot(vg: str, pool: str) -> Iterator[str]:
-    """Reserve the pool's metadata snapshot; release it on every exit path.
-
-    Call with the pool lock held.  A marker file records the held root we
-    reserved; if an lvdiff was killed with the reservation held, the next one
-    finds the marker naming the very root still held and releases it.  Any
-    other reservation belongs to another tool and is never released: stop and
-    tell the user how to release it.
-    """
-    tpool = pool_device(vg, pool)
-    marker = _Marker(vg, pool)
-    held = held_metadata_root(tpool)
-    if held != "-":
-        if marker.read() != held:
-            raise LvdiffError(
-                f"thin pool {vg}/{pool} already has a metadata snapshot held by another "
-                f"tool; when it is done, release it with: "
-                f"dmsetup message {tpool} 0 release_metadata_snap"
-            )
-        print(
-            f"lvdiff: releasing the metadata snapshot a killed lvdiff left on {vg}/{pool}",
-            file=sys.stderr,
-        )
-        run(["dmsetup", "message", tpool, "0", "release_metadata_snap"])
-    marker.remove()
-    run(["dmsetup", "message", tpool, "0", "reserve_metadata_snap"])
-    try:
-        marker.write(held_metadata_root(tpool))
-        yield metadata_device(vg, pool)
-    finally:
-        run(["dmsetup", "message", tpool, "0", "release_metadata_snap"])
-        marker.remove()
-
-
-def remove_stale(
-    listing: Sequence[LV],
-    tag: str,
-    pool: str | None = None,
-    resumable: bool = False,
-    locked: Sequence[str] = (),
-) -> list[str]:
-    """Remove volumes of ``listing`` a killed lvdiff/lvpatch left behind (tagged by us).
-
-    lvdiff's temporary snapshots are stale whenever we hold the pool lock;
-    lvpatch's incomplete targets when nobody holds their target lock, except
-    those kept on purpose for ``lvpatch --resume`` unless ``resumable``.
-    ``locked`` names targets whose lock the caller itself holds.
-    """
-    removed = []
-    for lv in listing:
-        if tag not in lv.tags or (pool and lv.pool != pool):
-            continue
-        if not resumable and tags.with_prefix(lv.tags, tags.RESUME_PREFIX):
-            continue
-        if tag == tags.INCOMPLETE and lv.name not in locked:
-            with target_lock(lv.vg, lv.name, wait=False) as free:
-                if free:
-                    remove(lv)
-                    removed.append(lv.full_name)
-        else:
-            remove(lv)
-            removed.append(lv.full_name)
-    return removed
 
 
 def activate(lv: LV) -> bool:

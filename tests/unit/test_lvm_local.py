@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from lvdiff import lvm
+from lvdiff import locks
 from lvdiff.blockdev import BlockDevice, DeviceError
 from lvdiff.errors import LvdiffError
 
@@ -17,12 +17,12 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
 @pytest.fixture
 def lock_dir(tmp_path, monkeypatch):
     d = tmp_path / "lock" / "lvdiff"
-    monkeypatch.setattr(lvm, "LOCK_DIR", d)
+    monkeypatch.setattr(locks, "LOCK_DIR", d)
     return d
 
 
 def test_lock_dir_is_made_private(lock_dir):
-    with lvm.pool_lock("vg", "pool") as got:
+    with locks.pool_lock("vg", "pool") as got:
         assert got
     st = lock_dir.stat()
     assert st.st_mode & 0o777 == 0o700 and st.st_uid == os.geteuid()
@@ -33,14 +33,14 @@ def test_lock_dir_is_made_private(lock_dir):
 def test_lock_dir_made_by_another_user_is_refused(lock_dir):
     lock_dir.mkdir(parents=True, mode=0o755)
     os.chown(lock_dir, 65534, 65534)
-    with pytest.raises(LvdiffError, match="uid 65534"), lvm.pool_lock("vg", "pool"):
+    with pytest.raises(LvdiffError, match="uid 65534"), locks.pool_lock("vg", "pool"):
         pass
 
 
 def test_world_writable_lock_dir_is_refused(lock_dir):
     lock_dir.mkdir(parents=True)
     lock_dir.chmod(0o777)
-    with pytest.raises(LvdiffError, match="mode 777"), lvm.pool_lock("vg", "pool"):
+    with pytest.raises(LvdiffError, match="mode 777"), locks.pool_lock("vg", "pool"):
         pass
 
 
@@ -49,7 +49,7 @@ def test_symlinked_lock_dir_is_refused(lock_dir, tmp_path):
     elsewhere.mkdir(mode=0o700)
     lock_dir.parent.mkdir(parents=True)
     lock_dir.symlink_to(elsewhere)
-    with pytest.raises(LvdiffError, match="not a directory"), lvm.pool_lock("vg", "pool"):
+    with pytest.raises(LvdiffError, match="not a directory"), locks.pool_lock("vg", "pool"):
         pass
 
 
@@ -57,18 +57,18 @@ def test_marker_is_never_written_through_a_symlink(lock_dir, tmp_path):
     """The review's reproducer: root wrote "42\\n" into a file a user pointed at."""
     victim = tmp_path / "shadow"
     victim.write_text("secret\n")
-    with lvm.pool_lock("vg", "pool"):
+    with locks.pool_lock("vg", "pool"):
         pass  # makes the private directory
     (lock_dir / "pool-vg-pool.held").symlink_to(victim)
     with pytest.raises(LvdiffError):
-        lvm._Marker("vg", "pool").write("42")
+        locks._Marker("vg", "pool").write("42")
     assert victim.read_text() == "secret\n"
-    assert lvm._Marker("vg", "pool").read() is None
+    assert locks._Marker("vg", "pool").read() is None
 
 
 def test_pool_and_target_locks_never_share_a_file(lock_dir):
     """A pool named x.lvpatch and an LV named x once mapped to the same lock file."""
-    with lvm.pool_lock("vg", "x.lvpatch") as a, lvm.target_lock("vg", "x", wait=False) as b:
+    with locks.pool_lock("vg", "x.lvpatch") as a, locks.target_lock("vg", "x", wait=False) as b:
         assert a and b
 
 

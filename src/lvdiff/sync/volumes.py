@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import BinaryIO, Protocol
 
-from .. import lvm
+from .. import locks, lvm
 from ..plan import PlanTotals
 from ..resume import ResumeToken
 
@@ -100,4 +100,4 @@ class LvmVolumes:
             return dump((vg, new), (vg, base) if base else None, sink, options=opts).plan
 
     def job_lock(self, key: str) -> AbstractContextManager[bool]:
-        return lvm.job_lock(key)
+        return locks.job_lock(key)
