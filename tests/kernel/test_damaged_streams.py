@@ -13,8 +13,9 @@ import struct
 
 from lvdiff import fingerprint as fpr
 from lvdiff.blockdev import BlockDevice
-from lvdiff.stream import Header, StreamWriter, VolumeRef, encode_data, encode_zero
+from lvdiff.stream import StreamWriter, VolumeRef, encode_data, encode_zero
 
+from ..builders import make_header
 from .lvmrig import committed, lv_names, sha256_of, tool, write_at
 
 M = 1 << 20
@@ -37,17 +38,12 @@ def make_stream(base: bytes, rnd: random.Random) -> tuple[bytes, bytes]:
     def fp(buf: bytes) -> fpr.Fingerprint | None:
         return fpr.compute(3, lambda o, n: buf[o : o + n], SIZE, 64 * 1024, "", None)
 
-    h = Header(
+    h = make_header(
         kind="incremental",
         volume_size=SIZE,
         base_size=SIZE,
-        chunk_size=65536,
-        vg="src",
-        pool="pool",
-        transaction_id=3,
         base=VolumeRef("base", "b", 1, "base-id"),
         new=VolumeRef("new", "n", 2, "new-id"),
-        compression="zstd",
         detect_level=3,
         base_fingerprint=fp(base),
         new_fingerprint=fp(bytes(new)),

@@ -148,8 +148,7 @@ def test_full_then_incremental_chain_bit_exact(loop_vg):
             summary = IMAGES / f"{snap}-{generation}.json"
             res = tool(
                 "lvdiff",
-                "--json",
-                summary,
+                f"--json={summary}",
                 *args,
                 generation=generation,
                 stdout_file=streams[generation],

@@ -11,8 +11,9 @@ import threading
 
 from lvdiff import fingerprint as fpr
 from lvdiff.blockdev import BlockDevice
-from lvdiff.stream import Header, StreamReader, StreamWriter, VolumeRef, encode_data, encode_zero
+from lvdiff.stream import StreamReader, StreamWriter, VolumeRef, encode_data, encode_zero
 
+from ..builders import make_header
 from .lvmrig import IMAGES, LoopVG, lv_names, new_vg_name, sh, thin_tool, tool, write_at
 
 M = 1 << 20
@@ -228,14 +229,10 @@ def test_target_base_with_an_external_origin_gets_zeros_not_discards(loop_vg):
     out = io.BytesIO()
     w = StreamWriter(
         out,
-        Header(
+        make_header(
             kind="incremental",
             volume_size=8 * M,
             base_size=8 * M,
-            chunk_size=65536,
-            vg="src",
-            pool="pool",
-            transaction_id=1,
             base=VolumeRef("base", "b", 1, "base-id"),
             new=VolumeRef("new", "n", 2, "new-id"),
             compression="none",

@@ -6,8 +6,9 @@ import io
 import os
 import tempfile
 
-from lvdiff.stream import Header, StreamWriter, VolumeRef, encode_data
+from lvdiff.stream import StreamWriter, VolumeRef, encode_data
 
+from ..builders import make_header
 from .lvmrig import IMAGES, lv_names, sh, tool
 
 M = 1 << 20
@@ -16,17 +17,7 @@ M = 1 << 20
 def full_stream(size: int, data_bytes: int, name: str = "vol") -> bytes:
     """A full stream whose first ``data_bytes`` are random."""
     out = io.BytesIO()
-    h = Header(
-        kind="full",
-        volume_size=size,
-        chunk_size=65536,
-        vg="src",
-        pool="pool",
-        transaction_id=1,
-        new=VolumeRef(name, "x", 1, "x"),
-        compression="none",
-        detect_level=0,
-    )
+    h = make_header(volume_size=size, new=VolumeRef(name, "x", 1, "x"), compression="none")
     w = StreamWriter(out, h)
     for off in range(0, data_bytes, 4 * M):
         w.write_record(encode_data(off, os.urandom(4 * M), None))

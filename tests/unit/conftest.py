@@ -25,9 +25,11 @@ from lvdiff.errors import CommandFailed, LvdiffError, TransientError, UsageError
 from lvdiff.inventory import Held
 from lvdiff.lvm import LV
 from lvdiff.plan import PlanTotals
-from lvdiff.stream import Header, StreamWriter, VolumeRef, encode_data
+from lvdiff.stream import StreamWriter, VolumeRef, encode_data
 from lvdiff.sync.naming import Source
 from lvdiff.sync.targets import Receive, Received
+
+from ..builders import make_header
 
 _serial = itertools.count(1)
 VOLUME = 1 << 20  # what ModelVolumes.send says each volume holds
@@ -94,18 +96,14 @@ class ModelVolumes:
             return SimpleNamespace(identity=identity)
         b = self.vgs[vg][base] if base else None
         ref = VolumeRef(b.name, b.uuid, b.thin_id or 0, lineage.source_identity(b)) if b else None
-        h = Header(
+        h = make_header(
             kind="incremental" if b else "full",
             volume_size=VOLUME,
             base_size=VOLUME if b else None,
-            chunk_size=65536,
             vg=vg,
             pool="pool",
-            transaction_id=1,
             base=ref,
             new=VolumeRef(new, lv.uuid, lv.thin_id or 0, identity),
-            compression="zstd",
-            detect_level=0,
         )
         w = StreamWriter(out, h)
         w.write_record(encode_data(0, content(vg, new), 3))

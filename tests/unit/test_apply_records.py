@@ -11,7 +11,9 @@ from lvdiff.apply_records import write_records
 from lvdiff.blockdev import BlockDevice
 from lvdiff.chunk_writer import ChunkWriter, TargetKind
 from lvdiff.errors import CorruptStream, TruncatedStream
-from lvdiff.stream import Header, StreamReader, StreamWriter, VolumeRef, encode_data, encode_zero
+from lvdiff.stream import StreamReader, StreamWriter, encode_data, encode_zero
+
+from ..builders import make_header
 
 M = 1 << 20
 
@@ -19,17 +21,7 @@ M = 1 << 20
 def stream(blocks: list[bytes], size: int) -> tuple[bytes, bytes, list[int]]:
     """A full stream of DATA records (zstd where it pays), a ZERO between each pair."""
     out = io.BytesIO()
-    h = Header(
-        kind="full",
-        volume_size=size,
-        chunk_size=65536,
-        vg="vg",
-        pool="pool",
-        transaction_id=1,
-        new=VolumeRef("v", "u", 1, "u"),
-        compression="zstd",
-        detect_level=0,
-    )
+    h = make_header(volume_size=size)
     w = StreamWriter(out, h)
     image = bytearray(size)
     starts, pos = [], 0

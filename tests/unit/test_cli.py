@@ -12,7 +12,9 @@ from lvdiff import cli
 from lvdiff.cli.lvpatch import describe_header as describe
 from lvdiff.lineage import BaseCheck, Identity
 from lvdiff.restored import Restored
-from lvdiff.stream import Header, Totals, VolumeRef
+from lvdiff.stream import Totals, VolumeRef
+
+from ..builders import make_header
 
 BIN = [sys.executable, "-c", "import sys; from lvdiff.cli import {0}; sys.exit({0}())"]
 
@@ -80,18 +82,7 @@ def test_help_says_which_digest_is_printed_and_why():
 
 
 def test_describe_escapes_stream_text():
-    h = Header(
-        kind="full",
-        volume_size=1 << 20,
-        chunk_size=65536,
-        vg="vg",
-        pool="pool",
-        transaction_id=1,
-        new=VolumeRef("vol", "u", 1, "u"),
-        compression="zstd",
-        detect_level=0,
-        meta=[("k\x1b[31m", "v\nx\x07"), ("url", "http://x:8080")],
-    )
+    h = make_header(meta=[("k\x1b[31m", "v\nx\x07"), ("url", "http://x:8080")])
     text = describe(h)
     assert "\x1b" not in text and "\x07" not in text and "v\nx" not in text
     assert "url: http://x:8080" in text and "size 1048576 bytes" in text
@@ -104,19 +95,7 @@ def test_help_says_what_each_level_guarantees():
 
 
 def test_verified_is_said_only_when_a_check_ran():
-    h = Header(
-        kind="incremental",
-        volume_size=1 << 20,
-        base_size=1 << 20,
-        chunk_size=65536,
-        vg="vg",
-        pool="pool",
-        transaction_id=1,
-        base=VolumeRef("b", "ub", 1, "ub"),
-        new=VolumeRef("n", "un", 2, "un"),
-        compression="zstd",
-        detect_level=0,
-    )
+    h = make_header(kind="incremental", base=VolumeRef("b", "ub", 1, "ub"), base_size=1 << 20)
     d0 = BaseCheck(Identity.NONE)  # a stream made with -d 0: no content check of BASE
     res = Restored(
         target="vg1/n", header=h, totals=Totals(), digest=None, base_check=d0,

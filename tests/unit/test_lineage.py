@@ -9,6 +9,8 @@ from lvdiff.errors import BaseMismatch
 from lvdiff.lvm import LV
 from lvdiff.stream import Header, VolumeRef
 
+from ..builders import make_header
+
 
 def lv(name: str, attr: str = "Vwi---tz-k", tags: tuple[str, ...] = ()) -> LV:
     return LV(
@@ -30,18 +32,11 @@ def test_source_identity():
 
 
 def header(base_identity: str | None) -> Header:
-    return Header(
+    return make_header(
         kind="incremental",
-        volume_size=1 << 20,
         base_size=1 << 20,
-        chunk_size=65536,
-        vg="vg",
-        pool="pool",
-        transaction_id=1,
         base=VolumeRef("s1", "u1", 1, base_identity),
         new=VolumeRef("s2", "u2", 2, "id-2"),
-        compression="none",
-        detect_level=0,
     )
 
 

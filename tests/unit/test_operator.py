@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import random
@@ -16,9 +15,9 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from lvdiff import fingerprint as fpr
 from lvdiff.imagefile import XATTR
-from lvdiff.stream import Header, StreamWriter, VolumeRef, encode_data, encode_zero
+
+from .. import builders
 
 M = 1 << 20
 SIZE = 4 * M
@@ -30,38 +29,9 @@ LVPATCH = [
 NOBODY = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
 
 
-def fp(buf: bytes, level: int = 2) -> fpr.Fingerprint | None:
-    return fpr.compute(level, lambda o, n: buf[o : o + n], len(buf), 65536, os.urandom(16).hex())
-
-
 def stream_between(base: bytes | None, new: bytes, base_id: str, new_id: str, level: int = 2):
     """A stream that turns ``base`` into ``new`` (a full one when base is None)."""
-    h = Header(
-        kind="incremental" if base is not None else "full",
-        volume_size=len(new),
-        base_size=len(base) if base is not None else None,
-        chunk_size=65536,
-        vg="src",
-        pool="pool",
-        transaction_id=1,
-        base=VolumeRef("b", "ub", 1, base_id) if base is not None else None,
-        new=VolumeRef("n", "un", 2, new_id),
-        compression="zstd",
-        detect_level=level,
-        base_fingerprint=fp(base, level) if base is not None and level else None,
-        new_fingerprint=fp(new, level) if level else None,
-        meta=[("Author", "BigVan")],
-    )
-    out = io.BytesIO()
-    w = StreamWriter(out, h)
-    old = base if base is not None else bytes(len(new))
-    for off in range(0, len(new), 65536):
-        piece, was = new[off : off + 65536], old[off : off + 65536]
-        if piece == was:
-            continue
-        w.write_record(encode_zero(off, 65536) if not any(piece) else encode_data(off, piece, 3))
-    w.close()
-    return out.getvalue()
+    return builders.stream_between(base, new, base_id, new_id, level, meta=[("Author", "BigVan")])
 
 
 def volumes(seed: int) -> list[bytes]:

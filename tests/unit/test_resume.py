@@ -12,6 +12,8 @@ from lvdiff.plan import DATA, ZERO, Extent
 from lvdiff.resume import ResumeToken
 from lvdiff.stream import Header, StreamReader, StreamWriter, VolumeRef, encode_data, encode_zero
 
+from ..builders import make_header
+
 NEW_ID = "k3Ws2d-aB0c-Zz9y-1111-2222-3333-444444"
 
 
@@ -48,18 +50,7 @@ def test_skip_before_cuts_straddling_extents():
 
 
 def header(**kw) -> Header:
-    return Header(
-        kind="full",
-        volume_size=1 << 20,
-        chunk_size=65536,
-        vg="vg",
-        pool="p",
-        transaction_id=1,
-        new=VolumeRef("v", "u", 1, NEW_ID),
-        compression="none",
-        detect_level=0,
-        **kw,
-    )
+    return make_header(new=VolumeRef("v", "u", 1, NEW_ID), compression="none", **kw)
 
 
 def test_resume_offset_round_trips_and_bounds_records():

@@ -14,12 +14,12 @@ from lvdiff.plan import DATA, MAX_READ, Extent
 from lvdiff.stream import (
     Digest,
     HashingWriter,
-    Header,
     RecordType,
     StreamReader,
     StreamWriter,
-    VolumeRef,
 )
+
+from ..builders import make_header
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -83,17 +83,7 @@ def test_send_reuses_read_buffers_without_mixing_their_data(tmp_path, workers, l
         extents.append(Extent(DATA, at, n))
         at += n
     out = io.BytesIO()
-    header = Header(
-        kind="full",
-        volume_size=size,
-        chunk_size=64 * KiB,
-        vg="vg",
-        pool="pool",
-        transaction_id=0,
-        new=VolumeRef("v", "u", 1, "id"),
-        compression="none" if level is None else "zstd",
-        detect_level=0,
-    )
+    header = make_header(volume_size=size, compression="none" if level is None else "zstd")
     hashed = HashingWriter(out, Digest.SHA256)  # reads raw payloads after they are written
     with BlockDevice(str(src)) as dev:
         writer = StreamWriter(hashed, header)

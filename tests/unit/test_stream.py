@@ -48,31 +48,14 @@ from lvdiff.stream import (
     escape_for_terminal,
 )
 
+from ..builders import make_header
+
 KiB = 1024
 MiB = 1024 * KiB
 SKIPPABLE = 0x01
 ZSTD = 0x02
 
 # --------------------------------------------------------------------------- helpers
-
-
-def make_header(**overrides: Any) -> Header:
-    fields: dict[str, Any] = {
-        "kind": "full",
-        "volume_size": 1 * MiB,
-        "chunk_size": 64 * KiB,
-        "vg": "vg0",
-        "pool": "pool0",
-        "transaction_id": 7,
-        "new": VolumeRef("root-snap.2", "AbCd-1234", 3, "AbCd-1234"),
-        "created": "2024-05-01T12:00:00Z",
-        "tool": "lvdiff 0.1.0",
-        "meta": [("host", "alpha"), ("note", "nightly")],
-        "compression": "zstd",
-        "detect_level": 0,
-    }
-    fields.update(overrides)
-    return Header(**fields)
 
 
 def header_dict(**overrides: Any) -> dict[str, Any]:

@@ -23,10 +23,12 @@ from lvdiff.cli import lvsync_parser
 from lvdiff.cli.common import parse_args
 from lvdiff.errors import LvdiffError, TransientError, UsageError
 from lvdiff.lvm import LV
-from lvdiff.stream import Header, StreamWriter, VolumeRef, encode_zero
+from lvdiff.stream import StreamWriter, VolumeRef, encode_zero
 from lvdiff.sync.config import load
 from lvdiff.sync.naming import Source
 from lvdiff.sync.targets import TRANSIENT_REMOTE, Receive, SshTarget, parse_target
+
+from ..builders import make_header
 
 SOURCE = Source("vg0", "vol0", "VGUUID", "here")
 RECEIVE = Receive("vol0.x", None, SOURCE, SOURCE.tags("j"))
@@ -101,11 +103,7 @@ def _producer(then: BaseException | None):  # noqa: ANN202
     """Half a stream, then ``then`` raised (None: it just stops, as a cut pipe would)."""
 
     def produce(out: io.BufferedWriter) -> None:
-        h = Header(
-            kind="full", volume_size=1 << 20, chunk_size=65536, vg="vg0", pool="pool",
-            transaction_id=1, new=VolumeRef("vol0.x", "u", 1, "ID"), compression="none",
-            detect_level=0,
-        )  # fmt: skip
+        h = make_header(new=VolumeRef("vol0.x", "u", 1, "ID"), compression="none")
         w = StreamWriter(out, h)
         w.write_record(encode_zero(0, 65536))
         out.flush()
