@@ -28,7 +28,7 @@ from .layout import (
     RecordType,
 )
 from .reader import Pending, StreamReader
-from .records import Record, Totals, data_record, encode_data, encode_zero
+from .records import Record, RecordHeader, Totals, data_record, encode_data, encode_zero
 from .text import escape_for_terminal
 from .writer import StreamWriter
 
@@ -45,6 +45,7 @@ __all__ = [
     "VolumeRef",
     "Header",
     "Record",
+    "RecordHeader",
     "Pending",
     "Totals",
     "StreamDigest",

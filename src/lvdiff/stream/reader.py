@@ -29,6 +29,8 @@ from .digest import Digest, HashingReader, StreamDigest
 from .header import Header
 from .layout import (
     CRC,
+    DATA,
+    END,
     KNOWN_FLAGS,
     MAGIC,
     MAX_DATA_LEN,
@@ -40,15 +42,23 @@ from .layout import (
     PREAMBLE,
     READABLE_MAJORS,
     RECORD,
-    RECORD_BODY_LEN,
     SECTOR,
+    SKIPPABLE,
     TRUNCATED,
     VERSION,
-    RecordFlag,
+    ZERO,
+    ZSTD,
     RecordType,
     crc32,
 )
-from .records import Record, Totals, placement_problem, zstd_frame_extent
+from .records import (
+    Record,
+    RecordHeader,
+    Tally,
+    Totals,
+    placement_problem,
+    zstd_frame_extent,
+)
 
 _tls = threading.local()
 
@@ -137,7 +147,7 @@ class StreamReader:
         self._fp: BinaryIO = self._hashing or fp  # type: ignore[assignment]
         self.file_digest: StreamDigest | None = None
         self._next_offset = 0
-        self._counts = [0, 0, 0, 0, 0]
+        self._tally = Tally()
         self._started = False
         self._pos = 0  # bytes consumed, for error messages
         self.digest: StreamDigest | None = None
@@ -149,7 +159,7 @@ class StreamReader:
     @property
     def totals(self) -> Totals:
         """Counts of the records read so far; the stream's totals once complete."""
-        return Totals(*self._counts)
+        return self._tally.totals
 
     # -- low-level input
 
@@ -229,22 +239,28 @@ class StreamReader:
         while True:
             at = self._pos
             raw = self._read_exact(RECORD.size, "where a record header was expected")
-            rtype, flags, reserved, stored, offset, length, pcrc, hcrc = RECORD.unpack(raw)
-            if crc32(raw[:RECORD_BODY_LEN]) != hcrc:
-                raise CorruptStream(f"record header checksum mismatch at stream byte {at}")
-            if flags & ~KNOWN_FLAGS:
-                raise CorruptStream(f"record at offset {offset} has unknown flags {flags:#04x}")
-            if reserved:
-                raise CorruptStream(f"record at offset {offset} has nonzero reserved bits")
-            if rtype == RecordType.DATA:
-                yield self._read_data(raw, flags, stored, offset, length, pcrc)
-            elif rtype == RecordType.ZERO:
-                yield self._read_zero(raw, flags, stored, offset, length, pcrc)
-            elif rtype == RecordType.END:
-                self._read_end(raw, flags, stored, offset, length, pcrc)
+            try:
+                head = RecordHeader.unpack(raw)
+            except ValueError:  # raw is a whole header, so its CRC failed
+                raise CorruptStream(
+                    f"record header checksum mismatch at stream byte {at}"
+                ) from None
+            if head.flags & ~KNOWN_FLAGS:
+                raise CorruptStream(
+                    f"record at offset {head.offset} has unknown flags {head.flags:#04x}"
+                )
+            if head.reserved:
+                raise CorruptStream(f"record at offset {head.offset} has nonzero reserved bits")
+            rtype = head.rtype
+            if rtype == DATA:
+                yield self._read_data(raw, head)
+            elif rtype == ZERO:
+                yield self._read_zero(raw, head)
+            elif rtype == END:
+                self._read_end(raw, head)
                 return
-            elif flags & RecordFlag.SKIPPABLE:
-                self._skip_unknown(raw, rtype, stored, pcrc)
+            elif head.flags & SKIPPABLE:
+                self._skip_unknown(raw, head)
             else:
                 raise UnsupportedStream(
                     f"unknown mandatory record type {rtype:#04x} at stream byte {at}:"
@@ -272,14 +288,13 @@ class StreamReader:
             raise CorruptStream(f"payload checksum mismatch in the {what}")
         return payload
 
-    def _read_data(
-        self, raw: bytes, flags: int, stored: int, offset: int, length: int, pcrc: int
-    ) -> Pending:
+    def _read_data(self, raw: bytes, head: RecordHeader) -> Pending:
+        offset, length, stored = head.offset, head.length, head.stored
         self._check_extent("DATA", offset, length)
         what = f"DATA record at offset {offset}"
         if length > MAX_DATA_LEN:
             raise CorruptStream(f"{what} is longer than {MAX_DATA_LEN} bytes ({length})")
-        compressed = bool(flags & RecordFlag.ZSTD)
+        compressed = bool(head.flags & ZSTD)
         if compressed:
             if not 0 < stored <= MAX_STORED_LEN:
                 raise CorruptStream(f"{what} has an impossible stored length {stored}")
@@ -289,47 +304,43 @@ class StreamReader:
         self._hash.update(raw)
         self._hash.update(payload)
         self._next_offset = offset + length
-        self._counts[0] += 1
-        self._counts[2] += length
-        self._counts[4] += stored
-        return Pending(RecordType.DATA, offset, length, payload, compressed, pcrc, self._checks)
+        self._tally.add(head)
+        return Pending(
+            RecordType.DATA, offset, length, payload, compressed, head.payload_check, self._checks
+        )
 
-    def _read_zero(
-        self, raw: bytes, flags: int, stored: int, offset: int, length: int, pcrc: int
-    ) -> Pending:
+    def _read_zero(self, raw: bytes, head: RecordHeader) -> Pending:
+        offset, length = head.offset, head.length
         self._check_extent("ZERO", offset, length)
-        if flags & RecordFlag.ZSTD or stored or pcrc:
+        if head.flags & ZSTD or head.stored or head.payload_check:
             raise CorruptStream(f"ZERO record at offset {offset} has a payload")
         self._hash.update(raw)
         self._next_offset = offset + length
-        self._counts[1] += 1
-        self._counts[3] += length
+        self._tally.add(head)
         return Pending(RecordType.ZERO, offset, length, None, False, 0, self._checks)
 
-    def _skip_unknown(self, raw: bytes, rtype: int, stored: int, pcrc: int) -> None:
-        what = f"skippable record of type {rtype:#04x}"
-        if stored > MAX_STORED_LEN:
-            raise CorruptStream(f"{what} has an impossible stored length {stored}")
-        payload = self._read_payload(stored, pcrc, what)
+    def _skip_unknown(self, raw: bytes, head: RecordHeader) -> None:
+        what = f"skippable record of type {head.rtype:#04x}"
+        if head.stored > MAX_STORED_LEN:
+            raise CorruptStream(f"{what} has an impossible stored length {head.stored}")
+        payload = self._read_payload(head.stored, head.payload_check, what)
         self._hash.update(raw)
         self._hash.update(payload)
 
-    def _read_end(
-        self, raw: bytes, flags: int, stored: int, offset: int, length: int, pcrc: int
-    ) -> None:
+    def _read_end(self, raw: bytes, head: RecordHeader) -> None:
         before_end = self._hash.digest()
         layout = self._checks.end_payload
-        if offset or length or stored != layout.size or flags & RecordFlag.ZSTD:
+        if head.offset or head.length or head.stored != layout.size or head.flags & ZSTD:
             raise CorruptStream("END record is malformed")
-        payload = self._read_payload(stored, pcrc, "END record")
-        *counts, digest = layout.unpack(payload)
+        payload = self._read_payload(head.stored, head.payload_check, "END record")
+        claimed, digest = Totals.from_end_payload(layout, payload)
         if digest != before_end:
             raise CorruptStream(
                 "stream checksum in END does not match: the stream was altered or spliced"
             )
-        if counts != self._counts:
+        if claimed != self.totals:
             raise CorruptStream(
-                f"END record totals {Totals(*counts)} do not match the records read {self.totals}"
+                f"END record totals {claimed} do not match the records read {self.totals}"
             )
         if self._fp.read(1):
             raise CorruptStream("unexpected data after the END record")

@@ -7,25 +7,76 @@ to a stream that may be hostile).
 
 from __future__ import annotations
 
+import struct
 import threading
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 import zstandard
 
 from .checksums import CURRENT
+from .digest import Buffer
 from .layout import (
     CRC,
+    DATA,
     MAX_DATA_LEN,
     MAX_OFFSET,
     RECORD,
-    RECORD_BODY_LEN,
+    RECORD_BODY,
     SECTOR,
+    ZERO,
     RecordFlag,
     RecordType,
     crc32,
     is_int,
 )
+
+# Bound once: RecordHeader's pack and unpack run for every record, and on a stream
+# of small ones each lookup of RECORD.unpack_from and the like costs a few percent.
+_unpack_header = RECORD.unpack_from
+_pack_body = RECORD_BODY.pack
+_pack_crc = CRC.pack
+_new_tuple = tuple.__new__
+_BODY_LEN = RECORD_BODY.size
+
+
+class RecordHeader(NamedTuple):
+    """The 32-byte header in front of every record (docs/FORMAT.md, "Records"), field by field.
+
+    ``rtype`` is a plain int, not a RecordType: a reader must be able to hold
+    (and skip, or refuse by name) a type this version does not know.
+    """
+
+    rtype: int
+    flags: int
+    reserved: int
+    stored: int  # stored_len: the payload bytes that follow the header
+    offset: int
+    length: int
+    payload_check: int  # check32 of the stored payload (CRC-32 in versions 1 and 2)
+    header_check: int = 0  # CRC-32 of bytes 0-27; pack() computes it
+
+    def pack(self) -> bytes:
+        """The header's 32 bytes, ending in the CRC-32 of the first 28 (``header_check`` unused)."""
+        body = _pack_body(*self[:7])
+        return body + _pack_crc(crc32(body))
+
+    @classmethod
+    def unpack(cls, buf: Buffer) -> RecordHeader:
+        """The header at the start of ``buf`` (bytes, or a memoryview of bytes), once its CRC holds.
+
+        Raises ValueError if ``buf`` is shorter than a header or its last 4
+        bytes are not the CRC-32 of the first 28: no field of such a header can
+        be trusted, not even the ``stored`` length that says where the next one is.
+        """
+        try:
+            fields = _unpack_header(buf)
+        except struct.error:
+            raise ValueError(f"a record header is {RECORD.size} bytes, not {len(buf)}") from None
+        if crc32(buf[:_BODY_LEN]) != fields[7]:
+            raise ValueError("record header checksum mismatch")
+        # What cls._make does, less its call and length check (RECORD has our 8 fields).
+        return _new_tuple(cls, fields)
 
 
 @dataclass(frozen=True)
@@ -56,14 +107,70 @@ class Totals:
     zero_bytes: int = 0
     stored_bytes: int = 0
 
+    def end_payload(self, layout: struct.Struct, digest: bytes) -> bytes:
+        """END's payload in ``layout`` (its stream version's): these counts, then ``digest``."""
+        return layout.pack(
+            self.data_records,
+            self.zero_records,
+            self.data_bytes,
+            self.zero_bytes,
+            self.stored_bytes,
+            digest,
+        )
 
-def record_header(
-    rtype: int, flags: int, payload: bytes | memoryview, offset: int, length: int
-) -> bytes:
+    @classmethod
+    def from_end_payload(cls, layout: struct.Struct, payload: bytes) -> tuple[Totals, bytes]:
+        """The counts and the digest in an END payload of ``layout``."""
+        data_records, zero_records, data_bytes, zero_bytes, stored_bytes, digest = layout.unpack(
+            payload
+        )
+        totals = cls(
+            data_records=data_records,
+            zero_records=zero_records,
+            data_bytes=data_bytes,
+            zero_bytes=zero_bytes,
+            stored_bytes=stored_bytes,
+        )
+        return totals, digest
+
+
+class Tally:
+    """The running Totals of a writer or reader: every DATA or ZERO record goes through add()."""
+
+    __slots__ = ("data_records", "zero_records", "data_bytes", "zero_bytes", "stored_bytes")
+
+    def __init__(self) -> None:
+        self.data_records = self.zero_records = 0
+        self.data_bytes = self.zero_bytes = self.stored_bytes = 0
+
+    def add(self, head: RecordHeader) -> None:
+        """Count the record ``head`` is the header of (ValueError unless DATA or ZERO)."""
+        if head.rtype == DATA:
+            self.data_records += 1
+            self.data_bytes += head.length
+            self.stored_bytes += head.stored
+        elif head.rtype == ZERO:
+            self.zero_records += 1
+            self.zero_bytes += head.length
+        else:
+            raise ValueError(f"only DATA and ZERO records are counted, not type {head.rtype:#04x}")
+
+    @property
+    def totals(self) -> Totals:
+        """What has been added so far, as a value that later adds leave alone."""
+        return Totals(
+            data_records=self.data_records,
+            zero_records=self.zero_records,
+            data_bytes=self.data_bytes,
+            zero_bytes=self.zero_bytes,
+            stored_bytes=self.stored_bytes,
+        )
+
+
+def record_header(rtype: int, flags: int, payload: Buffer, offset: int, length: int) -> bytes:
+    """The packed header of a record with this ``payload`` (its stored bytes)."""
     check = CURRENT.payload(payload)
-    body = RECORD.pack(rtype, flags, 0, len(payload), offset, length, check, 0)
-    body = body[:RECORD_BODY_LEN]
-    return body + CRC.pack(crc32(body))
+    return RecordHeader(rtype, flags, 0, len(payload), offset, length, check).pack()
 
 
 def _check_range(offset: int, length: int) -> None:
@@ -137,7 +244,8 @@ def data_record(
 def encode_zero(offset: int, length: int) -> bytes:
     """Complete ZERO record bytes: ``[offset, offset+length)`` reads as zeros."""
     _check_range(offset, length)
-    return record_header(RecordType.ZERO, 0, b"", offset, length)
+    # Not through record_header: no payload, so its check is 0 in every version.
+    return RecordHeader(ZERO, 0, 0, 0, offset, length, 0).pack()
 
 
 def write_all(fp: BinaryIO, data: bytes | memoryview) -> None:

@@ -7,17 +7,8 @@ from typing import BinaryIO
 
 from .checksums import CURRENT, StreamDigest
 from .header import Header
-from .layout import (
-    CRC,
-    MAGIC,
-    PREAMBLE,
-    RECORD,
-    RECORD_BODY_LEN,
-    VERSION,
-    RecordType,
-    crc32,
-)
-from .records import Totals, placement_problem, record_header, write_all
+from .layout import CRC, DATA, MAGIC, PREAMBLE, RECORD, VERSION, ZERO, RecordType, crc32
+from .records import RecordHeader, Tally, Totals, placement_problem, record_header, write_all
 
 
 class StreamWriter:
@@ -37,13 +28,13 @@ class StreamWriter:
         self.header = header
         self._hash = CURRENT.hasher(head)
         self._next_offset = header.resume_offset or 0
-        self._counts = [0, 0, 0, 0, 0]
+        self._tally = Tally()
         self.digest: StreamDigest | None = None
         write_all(fp, head)
 
     @property
     def totals(self) -> Totals:
-        return Totals(*self._counts)
+        return self._tally.totals
 
     @property
     def closed(self) -> bool:
@@ -57,18 +48,24 @@ class StreamWriter:
         Raises ValueError on misuse (out of order, overlapping, beyond the
         volume, not a DATA/ZERO record) before writing anything.
         """
-        if self.closed:
+        if self.digest is not None:  # closed; not the property: this runs per record
             raise ValueError("write_record on a closed StreamWriter")
         view = memoryview(record).cast("B")
         if view.nbytes < RECORD.size:
             raise ValueError("record is shorter than a record header")
-        rtype, _flags, _res, stored, offset, length, _pcrc, hcrc = RECORD.unpack_from(view)
-        if crc32(view[:RECORD_BODY_LEN]) != hcrc:
-            raise ValueError("record header checksum mismatch: not made by encode_data/zero")
-        if view.nbytes + len(payload) != RECORD.size + stored:
+        try:
+            head = RecordHeader.unpack(view)
+        except ValueError:  # view is long enough, so its CRC failed
+            raise ValueError(
+                "record header checksum mismatch: not made by encode_data/zero"
+            ) from None
+        if view.nbytes + len(payload) != RECORD.size + head.stored:
             raise ValueError("record length does not match its header")
-        if rtype not in (RecordType.DATA, RecordType.ZERO):
-            raise ValueError(f"write_record accepts DATA and ZERO records, not type {rtype:#04x}")
+        if head.rtype not in (DATA, ZERO):
+            raise ValueError(
+                f"write_record accepts DATA and ZERO records, not type {head.rtype:#04x}"
+            )
+        offset, length = head.offset, head.length
         problem = placement_problem(offset, length, self._next_offset, self.header.volume_size)
         if problem:
             raise ValueError(f"record {problem}")
@@ -78,13 +75,7 @@ class StreamWriter:
             write_all(self._fp, payload)
             self._hash.update(payload)
         self._next_offset = offset + length
-        if rtype == RecordType.DATA:
-            self._counts[0] += 1
-            self._counts[2] += length
-            self._counts[4] += stored
-        else:
-            self._counts[1] += 1
-            self._counts[3] += length
+        self._tally.add(head)
 
     def after_written(self, done: Callable[[], None]) -> None:
         """Call ``done`` once the output no longer needs the bytes given so far.
@@ -108,7 +99,7 @@ class StreamWriter:
         """
         if self.digest is not None:
             return self.digest
-        payload = CURRENT.end_payload.pack(*self._counts, self._hash.digest())
+        payload = self.totals.end_payload(CURRENT.end_payload, self._hash.digest())
         end = record_header(RecordType.END, 0, payload, 0, 0) + payload
         write_all(self._fp, end)
         self._fp.flush()
