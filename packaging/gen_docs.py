@@ -5,9 +5,9 @@ So the pages can never disagree with ``--help``: argparse-manpage renders
 each parser as troff, shtab writes bash and zsh completion scripts.  Run at
 build time (the Debian package's rules, scripts/build-deb) into OUTDIR:
 
-    OUTDIR/man/lvdiff.1  OUTDIR/man/lvpatch.1  OUTDIR/man/lvsync.1
-    OUTDIR/bash/lvdiff   OUTDIR/bash/lvpatch   OUTDIR/bash/lvsync
-    OUTDIR/zsh/_lvdiff   OUTDIR/zsh/_lvpatch   OUTDIR/zsh/_lvsync
+    OUTDIR/man/lvdiff.1  OUTDIR/man/lvpatch.1  OUTDIR/man/lvsync.1  OUTDIR/man/lvrepo.1
+    OUTDIR/bash/lvdiff   OUTDIR/bash/lvpatch   OUTDIR/bash/lvsync   OUTDIR/bash/lvrepo
+    OUTDIR/zsh/_lvdiff   OUTDIR/zsh/_lvpatch   OUTDIR/zsh/_lvsync   OUTDIR/zsh/_lvrepo
 
 Works with argparse-manpage 1.2 (Debian 12's build_manpages) and 4.x.
 usage: gen_docs.py OUTDIR
@@ -26,17 +26,19 @@ except ImportError:  # 1.x, as Debian 12 packages it
     from build_manpages.manpage import Manpage
 
 from lvdiff import __version__
-from lvdiff.cli import lvdiff_parser, lvpatch_parser, lvsync_parser
+from lvdiff.cli import lvdiff_parser, lvpatch_parser, lvrepo_parser, lvsync_parser
 
 SEE_ALSO = {
     "lvdiff": "lvpatch(1), lvsync(1), lvs(8), thin_delta(8)",
     "lvpatch": "lvdiff(1), lvsync(1), lvs(8)",
-    "lvsync": "lvdiff(1), lvpatch(1), ssh(1)",
+    "lvsync": "lvdiff(1), lvpatch(1), lvrepo(1), ssh(1)",
+    "lvrepo": "lvdiff(1), lvpatch(1), lvsync(1)",
 }
 WHAT = {
     "lvdiff": "write the blocks in which a thin volume differs from another as a stream",
     "lvpatch": "rebuild a thin volume (or an image file) from an lvdiff stream",
     "lvsync": "replicate thin volumes: snapshot, send what changed, resume, prune",
+    "lvrepo": "a deduplicating, encrypted repository of thin volumes' backup points",
 }
 
 
@@ -57,6 +59,7 @@ def main(outdir: str) -> int:
         ("lvdiff", lvdiff_parser),
         ("lvpatch", lvpatch_parser),
         ("lvsync", lvsync_parser),
+        ("lvrepo", lvrepo_parser),
     ):
         (out / "man" / f"{name}.1").write_text(manpage(make(), name))
         (out / "bash" / name).write_text(shtab.complete(make(), shell="bash"))

@@ -16,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -31,7 +31,7 @@ from .resume import ResumeToken
 from .spool import RangeSpool
 from .stream import Header, StreamDigest, StreamWriter, Totals, VolumeRef, data_record, encode_zero
 from .stream.header import StreamKind
-from .thindelta import Delta, DeltaRange, check_version, thin_delta
+from .thindelta import Delta, check_version, thin_delta
 
 ZERO_GRAIN = 64 * 1024  # finest unit at which all-zero data is sent as ZERO
 AHEAD_BYTES = 32 << 20  # data read and encoded ahead of the writer, at most
@@ -98,21 +98,64 @@ class DumpResult:
         }
 
 
-def dump(
+@dataclass
+class Prepared:
+    """NEW (and BASE) ready to be read, within :func:`prepare`'s context: their point-in-time
+    views, thin_delta's ranges spooled and counted, the pool's metadata snapshot released.
+
+    The lvdiff engine writes a stream from it; the repository reads whole slots of
+    NEW where the ranges say something changed.
+    """
+
+    vg: str
+    pool: lvm.LV
+    new: lvm.LV  # as named
+    base: lvm.LV | None
+    read_new: lvm.LV  # what is read: NEW itself, or its temporary snapshot
+    read_base: lvm.LV | None
+    ranges: RangeSpool
+    planned: PlanTotals
+    stack: ExitStack
+
+    @property
+    def chunk(self) -> int:
+        return self.pool.chunk_size
+
+    def extents(self, resume_offset: int | None = None) -> Iterator[Extent]:
+        """What to send, in order: DATA and ZERO byte ranges of NEW."""
+        extents = plan(self.ranges, self.chunk, self.new.size, _size(self.base))
+        return skip_before(extents, resume_offset) if resume_offset else extents
+
+    def devices(self) -> tuple[BlockDevice, BlockDevice | None]:
+        """NEW's and BASE's devices, opened for reading (closed with the context)."""
+        new_dev = self.stack.enter_context(BlockDevice(self.read_new.dev))
+        base_dev = (
+            self.stack.enter_context(BlockDevice(self.read_base.dev)) if self.read_base else None
+        )
+        return new_dev, base_dev
+
+    def refs(self) -> tuple[VolumeRef, VolumeRef | None]:
+        """NEW's and BASE's references, with the identities of what is read."""
+        base = _ref(self.base, self.read_base) if self.base and self.read_base else None
+        return _ref(self.new, self.read_new), base
+
+
+@contextmanager
+def prepare(
     new: tuple[str, str],
     base: tuple[str, str] | None,
-    out: BinaryIO,
     pool: str | None = None,
     options: DumpOptions | None = None,
     report: Reporter = ignore,
-) -> DumpResult:
-    """Write the stream that turns BASE into NEW (or a full stream of NEW).
+) -> Iterator[Prepared]:
+    """Lock the pool, take point-in-time views, run thin_delta once; undone on every exit.
 
-    With ``options.dry_run`` it stops once it knows what it would send
-    (thin_delta's ranges, the bytes it would read and send as zeros): no
-    data is read and nothing is written to ``out``.
+    Order of work, each step undone by one ExitStack: the pool lock; temporary
+    snapshots left by a killed lvdiff removed; point-in-time snapshots of
+    writable volumes; the metadata snapshot reserved only while thin_delta
+    runs (on a busy pool a held one pins old metadata blocks), its ranges
+    spooled to a temporary file.
     """
-    started = time.monotonic()
     opt = options or DumpOptions()
     if opt.level not in fpr.LEVELS:
         raise UsageError(f"detect level must be {fpr.LEVELS_SHOWN}, not {opt.level}")
@@ -150,8 +193,6 @@ def dump(
                 )
         snap1 = src_base.thin_id if src_base else src_new.thin_id
         assert snap1 is not None and src_new.thin_id is not None
-        # thin_delta runs once, and the metadata snapshot is released as soon as its
-        # ranges are spooled: on a busy pool a held one pins old metadata blocks.
         planned = PlanTotals()
         with (
             locks.metadata_snapshot(vg, pool_name, report) as meta_dev,
@@ -163,41 +204,67 @@ def dump(
                 raise LvdiffError(f"thin_delta reports {sb.chunk_bytes}-byte chunks, lvs {chunk}")
             ranges = stack.enter_context(RangeSpool())
             # one pass: spool the ranges and count what the plan will read
-            for _ in planned.count(_plan(ranges.keep(delta.ranges()), chunk, new_lv, base_lv, opt)):
+            counted = plan(ranges.keep(delta.ranges()), chunk, new_lv.size, _size(base_lv))
+            resume = opt.resume.offset if opt.resume else None
+            for _ in planned.count(skip_before(counted, resume) if resume else counted):
                 pass
+        yield Prepared(vg, pool_lv, new_lv, base_lv, src_new, src_base, ranges, planned, stack)
+
+
+def _size(lv: lvm.LV | None) -> int | None:
+    return lv.size if lv else None
+
+
+def dump(
+    new: tuple[str, str],
+    base: tuple[str, str] | None,
+    out: BinaryIO,
+    pool: str | None = None,
+    options: DumpOptions | None = None,
+    report: Reporter = ignore,
+) -> DumpResult:
+    """Write the stream that turns BASE into NEW (or a full stream of NEW).
+
+    With ``options.dry_run`` it stops once it knows what it would send
+    (thin_delta's ranges, the bytes it would read and send as zeros): no
+    data is read and nothing is written to ``out``.
+    """
+    started = time.monotonic()
+    opt = options or DumpOptions()
+    with prepare(new, base, pool, opt, report) as p:
         result = DumpResult(
-            vg,
-            pool_name,
-            new_lv.name,
-            base_lv.name if base_lv else None,
-            new_lv.size,
-            chunk,
-            ranges.count,
-            planned,
+            p.vg,
+            p.pool.name,
+            p.new.name,
+            p.base.name if p.base else None,
+            p.new.size,
+            p.chunk,
+            p.ranges.count,
+            p.planned,
             0.0,
         )
         if opt.dry_run:
             result.seconds = time.monotonic() - started
             return result
-        new_dev = stack.enter_context(BlockDevice(src_new.dev))
-        base_dev = stack.enter_context(BlockDevice(src_base.dev)) if src_base else None
+        new_dev, base_dev = p.devices()
         base_fp, new_fp = _fingerprints(
             opt.level,
-            ranges,
-            chunk,
-            (new_dev, new_lv.size),
-            (base_dev, base_lv.size) if base_dev and base_lv else None,
+            p.ranges,
+            p.chunk,
+            (new_dev, p.new.size),
+            (base_dev, p.base.size) if base_dev and p.base else None,
         )
+        new_ref, base_ref = p.refs()
         header = Header(
-            kind=StreamKind.INCREMENTAL if base_lv else StreamKind.FULL,
-            volume_size=new_lv.size,
-            base_size=base_lv.size if base_lv else None,
-            chunk_size=chunk,
-            vg=vg,
-            pool=pool_name,
-            transaction_id=pool_lv.transaction_id or 0,
-            base=_ref(base_lv, src_base) if base_lv and src_base else None,
-            new=_ref(new_lv, src_new),
+            kind=StreamKind.INCREMENTAL if p.base else StreamKind.FULL,
+            volume_size=p.new.size,
+            base_size=_size(p.base),
+            chunk_size=p.chunk,
+            vg=p.vg,
+            pool=p.pool.name,
+            transaction_id=p.pool.transaction_id or 0,
+            base=base_ref,
+            new=new_ref,
             meta=[(k, v) for k, v in opt.meta],
             compression="zstd" if opt.zstd_level is not None else "none",
             detect_level=opt.level,
@@ -206,19 +273,12 @@ def dump(
             resume_offset=opt.resume.offset if opt.resume else None,
         )
         writer = StreamWriter(out, header)
-        extents = _plan(ranges, chunk, new_lv, base_lv, opt)
-        send(extents, new_dev, writer, opt, report, total=planned.read_bytes + planned.zero_bytes)
+        total = p.planned.read_bytes + p.planned.zero_bytes
+        send(p.extents(header.resume_offset), new_dev, writer, opt, report, total=total)
         result.digest = writer.close()
         result.header, result.totals = header, writer.totals
         result.seconds = time.monotonic() - started
         return result
-
-
-def _plan(
-    ranges: Iterable[DeltaRange], chunk: int, new: lvm.LV, base: lvm.LV | None, opt: DumpOptions
-) -> Iterator[Extent]:
-    extents = plan(ranges, chunk, new.size, base.size if base else None)
-    return skip_before(extents, opt.resume.offset) if opt.resume else extents
 
 
 def _fingerprints(

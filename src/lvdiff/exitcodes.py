@@ -18,6 +18,7 @@ FAILURE = 1  # runtime failure: I/O error, pool full, LVM state
 USAGE = 2  # bad arguments or configuration, not root, missing tools, volume not found
 BAD_STREAM = 3  # lvdiff/lvpatch: truncated, corrupt, hostile, newer, or not the recorded one
 NOTHING_TO_DO = 3  # lvsync: no volume changed since its last sync
+DAMAGED = 3  # lvrepo: a point's data failed its check (a bad stream is the same news)
 NOT_THE_BASE = 4  # the target is not the stream's base
 VERIFY_FAILED = 5  # the written volume does not match NEW's fingerprint
 COMMAND_FAILED = 6  # an lvm, dmsetup or thin_delta command failed
@@ -62,6 +63,15 @@ TABLES: dict[str, tuple[tuple[int, str], ...]] = {
         (INTERRUPTED, "interrupted (SIGINT/SIGTERM): the run stopped, starting nothing new"),
     ),
 }
+
+
+TABLES["lvrepo"] = (
+    (SUCCESS, "success (verify: every point checked is intact)"),
+    (FAILURE, "runtime failure (I/O error, the store failed)"),
+    (USAGE, "usage error (bad arguments, no such repository or point, a wrong key)"),
+    (DAMAGED, "damaged data: a chunk or an index failed its check (verify names the points)"),
+    (INTERRUPTED, "interrupted (SIGINT/SIGTERM): nothing half-made is visible"),
+)
 
 
 def help_table(tool: str) -> str:

@@ -144,7 +144,7 @@ class ModelTarget:
     unreachable: bool = False
     prepared: int = 0
 
-    def prepare(self) -> list[Held]:
+    def prepare(self, report=None) -> list[Held]:  # noqa: ANN001
         self.prepared += 1
         if self.unreachable:
             raise TransientError(f"cannot reach {self.label}")

@@ -33,12 +33,13 @@ def test_exit_code_tables_come_from_one_place():
     from lvdiff import cli, errors, exitcodes
 
     readme = (ROOT / "README.md").read_text()
-    for tool in ("lvdiff", "lvsync"):  # lvpatch's is lvdiff's
+    for tool in ("lvdiff", "lvsync", "lvrepo"):  # lvpatch's is lvdiff's
         assert exitcodes.markdown_table(tool) in readme, tool
     for tool, parser in (
         ("lvdiff", cli.lvdiff_parser()),
         ("lvpatch", cli.lvpatch_parser()),
         ("lvsync", cli.lvsync_parser()),
+        ("lvrepo", cli.lvrepo_parser()),
     ):
         assert exitcodes.help_table(tool) in parser.epilog, tool
     codes = {code for table in exitcodes.TABLES.values() for code, _ in table}

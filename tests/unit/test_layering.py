@@ -17,7 +17,8 @@ LAYERS = [
     {"exitcodes", "events", "tags", "directio", "errors"},
     {"stream", "fingerprint", "thindelta", "plan", "spool", "lvm", "blockdev", "chunk_writer"},
     {"locks", "lineage", "resume", "inventory", "restored", "apply_records", "stream_check"},
-    {"dump", "apply", "imagefile"},
+    {"dump", "apply", "imagefile", "retention"},
+    {"repo"},
     {"sync"},
     {"cli"},
 ]

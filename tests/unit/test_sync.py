@@ -8,11 +8,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from lvdiff.errors import UsageError
+from lvdiff.retention import Retention
 from lvdiff.sync import naming
 from lvdiff.sync.config import load
 from lvdiff.sync.job import Outcome, exit_status
-from lvdiff.sync.retention import Retention
-from lvdiff.sync.targets import DirTarget, LocalTarget, SshTarget, parse_target
+from lvdiff.sync.targets import LocalTarget, RepoTarget, SshTarget, parse_target
 
 T0 = datetime(2026, 11, 1, 2, 0, tzinfo=UTC)
 
@@ -75,7 +75,7 @@ def test_targets_are_read_from_their_spelling():
     assert isinstance(parse_target("vg1/pool0", []), LocalTarget)
     t = parse_target("backup@nas:vg1/pool0", ["-p", "2"])
     assert isinstance(t, SshTarget) and (t.host, t.vg, t.pool) == ("backup@nas", "vg1", "pool0")
-    assert isinstance(parse_target("dir:/srv/streams", []), DirTarget)
+    assert isinstance(parse_target("dir:/srv/streams", []), RepoTarget)  # a repository now
     for bad in ("vg/../x", ":vg1", "-oProxyCommand=x:vg1"):
         with pytest.raises(UsageError):
             parse_target(bad, [])

@@ -17,10 +17,10 @@ from lvdiff.blockdev import DeviceError
 from lvdiff.errors import TransientError, UsageError
 from lvdiff.events import Note
 from lvdiff.inventory import Held
+from lvdiff.retention import Retention
 from lvdiff.sync import naming
 from lvdiff.sync.job import Job, exit_status, run
 from lvdiff.sync.naming import Source
-from lvdiff.sync.retention import Retention
 
 from .conftest import ModelTarget, ModelVolumes
 
@@ -193,7 +193,7 @@ def test_a_target_vg_without_one_pool_is_refused_before_any_snapshot(lvm_model, 
     vols, target = lvm_model, target_model
     vols.add("vg0", "vol0")
 
-    def refuse():  # as LocalTarget/SshTarget.prepare do for a VG of two pools
+    def refuse(report=None):  # noqa: ANN001 - as LocalTarget/SshTarget.prepare do
         raise UsageError("volume group backup has thin pools p1, p2: name one, as VG/POOL")
 
     target.prepare = refuse

@@ -9,6 +9,7 @@ a tool's start is mostly imports.
 from .common import EXIT_CODES, Console
 from .lvdiff import lvdiff_main, lvdiff_parser
 from .lvpatch import lvpatch_main, lvpatch_parser, outcome
+from .lvrepo import lvrepo_main, lvrepo_parser
 from .lvsync import lvsync_main, lvsync_parser
 
 __all__ = [
@@ -21,4 +22,6 @@ __all__ = [
     "outcome",
     "lvsync_main",
     "lvsync_parser",
+    "lvrepo_main",
+    "lvrepo_parser",
 ]

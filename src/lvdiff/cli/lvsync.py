@@ -11,6 +11,7 @@ from typing import Any
 
 from .. import __version__, exitcodes
 from ..errors import UsageError
+from ..events import Note
 from . import common as c
 
 EXIT_CODES = exitcodes.help_table("lvsync")
@@ -74,6 +75,18 @@ def lvsync_parser() -> argparse.ArgumentParser:
         metavar="CMD",
         help="lvpatch on the target (default lvpatch)",
     )
+    p.add_argument(
+        "--repo-key",
+        type=Path,
+        metavar="FILE",
+        help="dir: an encrypted repository's key file (default /etc/lvdiff/keys/<id>.key)",
+    )
+    p.add_argument(
+        "--passphrase-file",
+        type=Path,
+        metavar="FILE",
+        help="dir: the file holding that key file's passphrase (or LVDIFF_REPO_PASSPHRASE)",
+    )
     p.add_argument("--pre-snapshot", metavar="CMD", help="run (sh -c) before the snapshots")
     p.add_argument("--post-snapshot", metavar="CMD", help="run (sh -c) after the snapshots")
     p.add_argument(
@@ -95,8 +108,8 @@ def lvsync_parser() -> argparse.ArgumentParser:
 
 
 def _jobs(args: argparse.Namespace) -> list[Any]:
+    from ..retention import Retention
     from ..sync.config import DEFAULT_PATH, JobConfig, load
-    from ..sync.retention import Retention
 
     if args.volumes:
         if args.config or args.job:
@@ -125,6 +138,9 @@ def _jobs(args: argparse.Namespace) -> list[Any]:
             )
         if args.remote_lvpatch:
             cfg.remote_lvpatch = args.remote_lvpatch
+        cfg.repo_key = str(args.repo_key) if args.repo_key else cfg.repo_key
+        if args.passphrase_file:
+            cfg.passphrase_file = str(args.passphrase_file)
         cfg.ssh_options = cfg.ssh_options + [
             *[x for o in args.ssh_option for x in ("-o", o)],
             *(["-p", str(args.ssh_port)] if args.ssh_port else []),
@@ -142,7 +158,6 @@ def lvsync_main(argv: Sequence[str] | None = None) -> int:
     def body() -> int:
         from ..lvm import parse_lv_spec
         from ..sync import job as runner
-        from ..sync.targets import parse_target
         from ..sync.volumes import LvmVolumes
 
         json_to = c.json_destination(args.json, None, console)
@@ -153,7 +168,7 @@ def lvsync_main(argv: Sequence[str] | None = None) -> int:
         for cfg in _jobs(args):
             job = runner.Job(
                 sources=[parse_lv_spec(s, None) for s in cfg.sources],
-                target=parse_target(cfg.target, cfg.ssh_options, cfg.remote_lvpatch),
+                target=_target(cfg),
                 retention=cfg.retention,
                 check_level=cfg.check_level,
                 compress=c.compression(cfg.compress),
@@ -187,28 +202,49 @@ def lvsync_main(argv: Sequence[str] | None = None) -> int:
     return c.run("lvsync", body, console)
 
 
+def _target(cfg: Any) -> Any:
+    """The job's target; a repository gets its key, and the job's check level."""
+    from ..sync.targets import RepoTarget, parse_target
+
+    target = parse_target(cfg.target, cfg.ssh_options, cfg.remote_lvpatch)
+    if isinstance(target, RepoTarget):
+        target.level = cfg.check_level
+        target.key_file = Path(cfg.repo_key) if cfg.repo_key else None
+        target.passphrase_file = Path(cfg.passphrase_file) if cfg.passphrase_file else None
+    return target
+
+
 def _restore(args: argparse.Namespace, console: c.Console, json_to: str | None) -> int:
+    """The newest copy of each source a dir: target keeps: the newest point of each in its
+    repository, and each chain of stream files an older lvsync wrote there."""
     from ..sync.chain import chains, restore
     from ..sync.targets import DirTarget
 
     if not args.restore.startswith("dir:"):
         raise UsageError("--restore reads a dir: target: --restore dir:/path")
-    store = DirTarget(Path(args.restore[4:]))
-    found = [c for lv in args.lv for c in chains(store, lv)] if args.lv else chains(store)
+    path = Path(args.restore[4:])
     if args.to_dir:
         if args.volumes:
             raise UsageError("--to-dir restores into files: give no VG/POOL")
         args.to_dir.mkdir(parents=True, exist_ok=True)
     elif len(args.volumes) != 1 or "/" not in args.volumes[0]:
         raise UsageError("--restore needs where: VG/POOL (or --to-dir DIR)")
+    vg, _, pool = args.volumes[0].partition("/") if args.volumes else ("", "", "")
+    store = DirTarget(path)
+    found = []
+    if store.manifests():
+        found = [c for lv in args.lv for c in chains(store, lv)] if args.lv else chains(store)
     done = []
     for chain in found:
         if args.to_dir:
             names = restore(store, chain, images=args.to_dir, report=console)
         else:
-            vg, pool = args.volumes[0].split("/", 1)
             names = restore(store, chain, vg=vg, pool=pool, report=console)
         done.append({"source": chain.source, "lv": chain.lv, "volumes": names})
+    done += _restore_points(args, path, vg, pool, console)
+    if not done:
+        which = " of that --lv" if args.lv else ""
+        raise UsageError(f"dir:{path} holds nothing to restore{which}")
     c.emit_json(
         json_to,
         "lvsync",
@@ -216,3 +252,29 @@ def _restore(args: argparse.Namespace, console: c.Console, json_to: str | None) 
         {"action": "restore", "restored": {d["lv"]: d["volumes"] for d in done}, "chains": done},
     )
     return 0
+
+
+def _restore_points(
+    args: argparse.Namespace, path: Path, vg: str, pool: str, console: c.Console
+) -> list[dict[str, Any]]:
+    from ..repo.format import CONFIG
+
+    if not (path / CONFIG).exists():
+        return []
+    from ..repo.access import open_repository
+    from ..repo.emit import restore_image, restore_volume
+
+    repo = open_repository(str(path), args.repo_key, args.passphrase_file)
+    newest: dict[str, Any] = {}
+    for p in repo.points():  # oldest first: the last one seen of a source is its newest
+        if not args.lv or p.source.lv in args.lv:
+            newest[p.source.key] = p
+    done = []
+    for key, p in newest.items():
+        if args.to_dir:
+            restore_image(repo, p, args.to_dir / f"{p.name}.img", report=console)
+        else:
+            restore_volume(repo, p, vg, pool, report=console)
+        console(Note(f"restored {p.name} ({key})"))
+        done.append({"source": key, "lv": p.source.lv, "volumes": [p.name]})
+    return done

@@ -11,6 +11,7 @@
     [job.nightly]
     sources = ["vg0/vol0", "vg0/vol1"]
     target = "backup@nas:vg1/pool0"  # VG[/POOL], [user@]host:VG[/POOL] or dir:/path
+    repo_key = "/etc/lvdiff/keys/REPO.key"  # dir: an encrypted repository's key file
     ssh_options = ["-p", "2222"]
     pre_snapshot = "virsh domfsfreeze web"
     post_snapshot = "virsh domfsthaw web"
@@ -30,8 +31,8 @@ from typing import Any
 
 from ..errors import UsageError
 from ..fingerprint import LEVELS, LEVELS_SHOWN
+from ..retention import Retention
 from ..stream.records import parse_compression
-from .retention import Retention
 
 DEFAULT_PATH = Path("/etc/lvdiff/lvsync.toml")
 _KEYS = {
@@ -39,6 +40,8 @@ _KEYS = {
     "target",
     "ssh_options",
     "remote_lvpatch",
+    "repo_key",
+    "passphrase_file",
     "check_level",
     "compress",
     "retention",
@@ -59,6 +62,8 @@ class JobConfig:
     retention: Retention = field(default_factory=Retention)
     pre_snapshot: str | None = None
     post_snapshot: str | None = None
+    repo_key: str | None = None  # a dir: repository's key file, if encrypted
+    passphrase_file: str | None = None  # and the file holding that key's passphrase
 
 
 def load(path: Path) -> dict[str, JobConfig]:
@@ -110,7 +115,14 @@ def _job(path: Path, name: str, defaults: dict[str, Any], body: Any) -> JobConfi
     level = merged.get("check_level", 2)
     if not isinstance(level, int) or isinstance(level, bool) or level not in LEVELS:
         raise UsageError(f"{where}: check_level must be {LEVELS_SHOWN}")
-    for key in ("compress", "remote_lvpatch", "pre_snapshot", "post_snapshot"):
+    for key in (
+        "compress",
+        "remote_lvpatch",
+        "pre_snapshot",
+        "post_snapshot",
+        "repo_key",
+        "passphrase_file",
+    ):
         if key in merged and not isinstance(merged[key], str):
             raise UsageError(f"{where}: {key} must be a string")
     try:
@@ -128,4 +140,6 @@ def _job(path: Path, name: str, defaults: dict[str, Any], body: Any) -> JobConfi
         keep,
         merged.get("pre_snapshot"),
         merged.get("post_snapshot"),
+        merged.get("repo_key"),
+        merged.get("passphrase_file"),
     )

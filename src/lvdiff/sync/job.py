@@ -33,18 +33,18 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, BinaryIO
+from typing import Any
 
 from .. import exitcodes, lineage, lvm
 from ..errors import LvdiffError, TransientError
 from ..events import Note, Reporter, ignore
 from ..inventory import Held
 from ..resume import ResumeToken
+from ..retention import Retention
 from . import naming
 from .naming import Source
-from .retention import Retention
 from .targets import Receive, Target
-from .volumes import LvmVolumes, Volumes
+from .volumes import LvmVolumes, Send, Volumes
 
 
 @dataclass
@@ -138,7 +138,7 @@ class _Run:
                     )
                 for name in self.outcomes:
                     self._guarded(name, self._find_source)
-                self.held = list(job.target.prepare())
+                self.held = list(job.target.prepare(self.report))
                 self._warn_legacy()
                 for name in self._live():
                     self._guarded(name, self._resume_pending)
@@ -353,12 +353,7 @@ class _Run:
         return planned.read_bytes == 0 and planned.zero_bytes == 0 and base.size == new.size
 
     def _producer(self, src: Source, new: str, base: str | None, resume: ResumeToken | None):  # noqa: ANN202
-        job, vols = self.job, self.vols
-
-        def produce(out: BinaryIO) -> Any:
-            return vols.send(src.vg, new, base, out, resume, job.check_level, job.compress)
-
-        return produce
+        return Send(self.vols, src.vg, new, base, resume, self.job.check_level, self.job.compress)
 
     def _drop(self, name: str) -> None:
         """Remove this run's snapshot of a source again."""

@@ -26,6 +26,7 @@ from typing import Any, BinaryIO, Protocol
 
 from .. import __version__, lvm
 from ..errors import LvdiffError, TransientError, UsageError
+from ..events import Note, Reporter, ignore
 from ..inventory import Held, Inventory, inventory
 from ..stream.digest import Digest, HashingWriter
 from .naming import Source
@@ -88,7 +89,7 @@ class Target(Protocol):
     key: str  # the target spelled canonically: what names the job
     prunable: bool  # whether retention may remove what it holds
 
-    def prepare(self) -> list[Held]:
+    def prepare(self, report: Reporter = ignore) -> list[Held]:
         """Reach the target once: what it holds; refuse, before anything is made, what
         cannot work (a VG without one thin pool to put a full stream in)."""
         ...
@@ -104,7 +105,7 @@ def parse_target(spec: str, ssh_options: list[str], remote_lvpatch: str = "lvpat
     if spec.startswith("dir:"):
         if not spec[4:]:
             raise UsageError("dir: needs a path: dir:/srv/lvsync")
-        return DirTarget(Path(spec[4:]))
+        return RepoTarget(Path(spec[4:]))
     host, sep, where = spec.rpartition(":")
     vg, _, pool = where.partition("/")
     lvm.check_name(vg, "VG name")
@@ -149,7 +150,7 @@ class LocalTarget:
     def key(self) -> str:
         return f"local:{self.vg}"
 
-    def prepare(self) -> list[Held]:
+    def prepare(self, report: Reporter = ignore) -> list[Held]:
         found = inventory(self.vg)
         self.pool = _pick_pool(f"volume group {self.vg}", self.pool, found.pools)
         return found.volumes
@@ -307,7 +308,7 @@ class SshTarget:
         last = (err.decode(errors="replace").strip().splitlines() or [""])[-1]
         raise LvdiffError(f"lvpatch on {self.host} failed (exit {rc}): {last}")
 
-    def prepare(self) -> list[Held]:
+    def prepare(self, report: Reporter = ignore) -> list[Held]:
         obj = self._run("--list", "-g", self.vg)
         if obj.get("tool") != f"lvpatch {__version__}":
             raise LvdiffError(
@@ -424,7 +425,7 @@ class DirTarget:
     def key(self) -> str:
         return f"dir:{self.path.resolve()}"
 
-    def prepare(self) -> list[Held]:
+    def prepare(self, report: Reporter = ignore) -> list[Held]:
         self.path.mkdir(parents=True, exist_ok=True)
         return [
             Held(s["name"], s["identity"], s["size"], True, True, None, list(s["tags"]))
@@ -512,6 +513,101 @@ class DirTarget:
 
     def remove(self, name: str, source: Source) -> None:
         raise LvdiffError("streams in a dir: target are never pruned (a chain needs them all)")
+
+    def abandon(self, name: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class RepoTarget:
+    """A repository on a directory (``dir:`` since issue 20): one point per stream received.
+
+    Each point stands alone, so retention prunes any of them (``prunable``);
+    a point's chunks go at the repository's next ``lvrepo gc``.  A new point
+    reads from the snapshot only the slots thin_delta says changed since the
+    previous point of the source (the job's newest common snapshot), and
+    takes the rest from that point's index.  A directory an older lvsync
+    filled with stream folders becomes a repository beside them (those still
+    restore with ``lvsync --restore``).  An encrypted repository is opened
+    with ``key_file`` (and the passphrase in ``passphrase_file``).
+    """
+
+    path: Path
+    key_file: Path | None = None
+    passphrase_file: Path | None = None
+    level: int = 2
+    prunable: bool = True
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"dir:{self.path}"
+
+    @property
+    def key(self) -> str:
+        return f"dir:{self.path.resolve()}"
+
+    def _open(self):  # noqa: ANN202 - repo.repository.Repository
+        from ..repo.access import open_repository, store_for
+        from ..repo.crypto import new_keys
+        from ..repo.format import CONFIG
+        from ..repo.repository import Repository
+
+        if not (self.path / CONFIG).exists():
+            self.notes.append(
+                f"made an unencrypted repository in {self.path}; for an encrypted one, "
+                "make it first: lvrepo init --encryption aes-256-gcm dir:PATH"
+            )
+            return Repository.create(store_for(str(self.path), create=True), new_keys("none"))
+        return open_repository(str(self.path), self.key_file, self.passphrase_file)
+
+    def prepare(self, report: Reporter = ignore) -> list[Held]:
+        self.repo = self._open()
+        for text in self.notes:
+            report(Note(text))
+        self.points = self.repo.points()
+        return [
+            Held(p.name, p.identity, p.size, True, True, None, list(p.tags)) for p in self.points
+        ]
+
+    def receive(self, produce: Producer, what: Receive) -> Received:
+        from ..repo.format import SourceRef
+        from ..repo.make import make_from_volume
+
+        if what.resume:
+            raise UsageError("a repository does not resume transfers: the next run sends again")
+        src = what.source
+        mine = [p for p in self.points if p.source.key == src.key]
+        previous = next((p for p in reversed(mine) if p.name == what.base), None)
+        started = datetime.now(UTC)
+        with produce.prepared() as prepared:  # type: ignore[attr-defined]
+            made = make_from_volume(
+                self.repo,
+                prepared,
+                SourceRef(src.key, src.host, src.vg, src.lv),
+                previous if what.base else None,
+                level=self.level,
+                tags=list(what.tags),
+            )
+        self.points.append(made.point)
+        st = made.stats
+        return Received(
+            made.point.id,
+            made.point.identity,
+            "incremental" if previous else "full",
+            st.read_bytes,
+            st.zero_bytes,
+            None,
+            (datetime.now(UTC) - started).total_seconds(),
+        )
+
+    def remove(self, name: str, source: Source) -> None:
+        for p in [p for p in self.points if p.name == name and p.source.key == source.key]:
+            self.repo.delete_point(p)
+            self.points.remove(p)
 
     def abandon(self, name: str) -> None:
         pass

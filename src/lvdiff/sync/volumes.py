@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from typing import BinaryIO, Protocol
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Protocol
 
 from .. import locks, lvm
 from ..plan import PlanTotals
@@ -55,9 +56,36 @@ class Volumes(Protocol):
         """What that stream would carry, from the pool's metadata alone."""
         ...
 
+    def prepare(self, vg: str, new: str, base: str | None) -> AbstractContextManager[Any]:
+        """NEW (and BASE) ready to be read where thin_delta says they differ: a
+        lvdiff.dump.Prepared, for a target that reads the volume itself (a repository)."""
+        ...
+
     def job_lock(self, key: str) -> AbstractContextManager[bool]:
         """Held while a run of job ``key`` works; False at once if another run holds it."""
         ...
+
+
+@dataclass(frozen=True)
+class Send:
+    """What a job asks a target to take: a stream of NEW (from BASE) written into a file
+    when called, or, for a target that reads the volume itself, the volumes prepared."""
+
+    volumes: Volumes
+    vg: str
+    new: str
+    base: str | None
+    resume: ResumeToken | None
+    level: int
+    compress: int | None
+
+    def __call__(self, out: BinaryIO) -> Any:
+        return self.volumes.send(
+            self.vg, self.new, self.base, out, self.resume, self.level, self.compress
+        )
+
+    def prepared(self) -> AbstractContextManager[Any]:
+        return self.volumes.prepare(self.vg, self.new, self.base)
 
 
 class LvmVolumes:
@@ -98,6 +126,12 @@ class LvmVolumes:
         opts = DumpOptions(level=0, thin_delta=self.thin_delta, dry_run=True)
         with open(os.devnull, "wb") as sink:
             return dump((vg, new), (vg, base) if base else None, sink, options=opts).plan
+
+    def prepare(self, vg: str, new: str, base: str | None) -> AbstractContextManager[Any]:
+        from ..dump import DumpOptions, prepare
+
+        opts = DumpOptions(level=0, thin_delta=self.thin_delta)
+        return prepare((vg, new), (vg, base) if base else None, options=opts)
 
     def job_lock(self, key: str) -> AbstractContextManager[bool]:
         return locks.job_lock(key)
