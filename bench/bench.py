@@ -428,6 +428,182 @@ def scale(work: Path, n_ranges: int, changed: int, workers: int) -> list[dict]:
     return rows
 
 
+# ---------------------------------------------------------------- the repository
+
+
+def _repo(path: str, mode: str = "aes-256-gcm"):  # noqa: ANN202 - a Repository
+    from lvdiff.repo.crypto import Keys, load_key_file
+    from lvdiff.repo.repository import Repository
+    from lvdiff.repo.store import DirStore
+
+    store = DirStore(Path(path))
+    key = Path(path + ".key")
+    if not (Path(path) / "config").exists():
+        from lvdiff.repo.crypto import dump_key_file, new_keys
+
+        keys = new_keys(mode)
+        if mode != "none":
+            key.write_bytes(dump_key_file(keys, None))
+        return Repository.create(store, keys)
+    return Repository.open(
+        store,
+        lambda c: (
+            Keys(c.id, "none", b"", b"")
+            if c.encryption == "none"
+            else load_key_file(key.read_bytes(), None)
+        ),
+    )
+
+
+def child_repo_make(src: str, repo: str, workers: str, mode: str = "aes-256-gcm") -> None:
+    """Making a point of a whole volume: read, hash (keyed), compress, encrypt, store, commit."""
+    from lvdiff.blockdev import BlockDevice
+    from lvdiff.plan import DATA, Extent
+    from lvdiff.repo.format import SourceRef
+    from lvdiff.repo.make import make_point, slots_from_extents
+
+    started = time.perf_counter()
+    r = _repo(repo, mode)
+    with BlockDevice(src) as dev:
+
+        def read(offset: int, length: int) -> bytes:
+            data = dev.read(offset, length)
+            dev.drop_cache(offset, length)
+            return data
+
+        size = dev.size
+        slots = slots_from_extents(
+            [Extent(DATA, 0, size)], size, r.config.chunk_size, read, False, None
+        )
+        make_point(
+            r, SourceRef("bench", "bench", "vg", "vol"), "vol", "bench-id", size, slots, None, None,
+            workers=int(workers),
+        )  # fmt: skip
+    peak_rss_report(started)
+
+
+def child_repo_restore(repo: str, image: str, workers: str) -> None:
+    """Restoring the newest point into a new image file, through lvpatch's engine."""
+    from lvdiff.repo.emit import restore_image
+
+    started = time.perf_counter()
+    r = _repo(repo)
+    point = r.points()[-1]
+    restore_image(r, point, Path(image), workers=int(workers))
+    peak_rss_report(started)
+
+
+def child_repo_changed(vol: str, repo: str, extents_file: str, workers: str) -> None:
+    """An incremental point of ``vol``: the previous point's index, thin_delta's changes read."""
+    import re
+
+    from lvdiff.blockdev import BlockDevice
+    from lvdiff.plan import DATA, Extent
+    from lvdiff.repo.format import SourceRef
+    from lvdiff.repo.make import make_point, slots_from_extents
+
+    started = time.perf_counter()
+    r = _repo(repo, "none")
+    with open(extents_file, "rb") as x:
+        spans = [
+            (int(b), int(n)) for b, n in re.findall(rb'begin="(\d+)" length="(\d+)"', x.read())
+        ]
+    previous = r.points()[-1] if r.points() else None
+    with BlockDevice(vol) as dev:
+        size = dev.size
+        if previous is None:  # the first point of an empty volume: every slot zeros
+            extents: list = []
+        else:
+            extents = [Extent(DATA, b * CHUNK, n * CHUNK) for b, n in spans]
+        slots = slots_from_extents(
+            extents, size, r.config.chunk_size, dev.read, previous is not None,
+            previous.size if previous else None,
+        )  # fmt: skip
+        make_point(
+            r, SourceRef("bench", "bench", "vg", "vol"), "vol", f"id-{time.time()}", size, slots,
+            previous, None, workers=int(workers),
+        )  # fmt: skip
+    peak_rss_report(started)
+
+
+def repository(work: Path, size: int, changed: int, workers: int) -> list[dict]:
+    """Making and restoring points, against the standard tools on the same bytes."""
+    print(f"== repository (encrypted, 4 MiB chunks) on {size // M} MiB", flush=True)
+    src = work / "repo-source"
+    make_source(src, size)
+    zst = work / "repo-source.zst"
+    subprocess.run(["zstd", "-3", "-T0", "-q", "-f", str(src), "-o", str(zst)], check=True)
+    q = shlex.quote
+    rows = []
+    image = work / "repo-restored.img"
+
+    def fresh_repo() -> str:
+        path = work / f"repo-{time.monotonic_ns()}"
+        return str(path)
+
+    made: list[str] = []
+
+    def make() -> tuple[float, int, float]:
+        path = fresh_repo()
+        made.append(path)
+        return ours("_repo_make", str(src), path, str(workers))
+
+    t_theirs, t_ours = interleaved(
+        RUNS, lambda: shell(f"zstd -3 -T0 -q -c {q(str(src))} | sha256sum > /dev/null"), make
+    )
+    rows.append(row("repository: make a point", size, t_ours, t_theirs, "zstd -3 -T0 | sha256sum"))
+
+    def restore() -> tuple[float, int, float]:
+        image.unlink(missing_ok=True)
+        return ours("_repo_restore", made[-1], str(image), str(workers))
+
+    def unzstd() -> float:
+        image.unlink(missing_ok=True)
+        return shell(f"zstd -d -q -f {q(str(zst))} -o {q(str(image))} && sync {q(str(image))}")
+
+    t_theirs, t_ours = interleaved(RUNS, unzstd, restore)
+    rows.append(row("repository: restore a point", size, t_ours, t_theirs, "zstd -d, sync"))
+    for p in (src, zst, image):
+        p.unlink(missing_ok=True)
+    import shutil
+
+    for path in made:
+        shutil.rmtree(path, ignore_errors=True)
+        Path(path + ".key").unlink(missing_ok=True)
+
+    # the cost of a point follows the changes, not the volume's size
+    spans = [(i * 4 * (BLOCK // CHUNK), BLOCK // CHUNK) for i in range(changed // BLOCK)]
+    xml = work / "repo-delta.xml"
+    synthetic_delta(xml, spans)
+    vol = work / "repo-sparse"
+    times = {}
+    for label, vsize in (("16 GiB", 16 << 30), ("1 TiB", 1 << 40)):
+        with open(vol, "wb") as f:
+            f.truncate(vsize)
+            rnd = random.Random(3)
+            for begin, n in spans:
+                f.seek(begin * CHUNK)
+                f.write(rnd.randbytes(n * CHUNK))
+        path = fresh_repo()
+        ours("_repo_changed", str(vol), path, str(xml), str(workers))  # the first, empty point
+        t, rss, _ = ours("_repo_changed", str(vol), path, str(xml), str(workers))
+        times[label] = t
+        print(
+            f"  {f'point of {changed // M} MiB changed in {label}':<40} {t:8.2f} s  "
+            f"rss {rss / 1024:>6.1f} MiB",
+            flush=True,
+        )
+        rows.append({"name": f"point of {changed // M} MiB changed in {label}",
+                     "seconds": round(t, 2), "peak_rss_mib": round(rss / 1024, 1)})  # fmt: skip
+        shutil.rmtree(path, ignore_errors=True)
+        vol.unlink()
+    ratio = times["1 TiB"] / times["16 GiB"]
+    print(f"  point time in 1 TiB / in 16 GiB: {ratio:.2f} (1.00: it follows the changes)")
+    rows.append({"name": "point: 1 TiB / 16 GiB time", "ratio": round(ratio, 3)})
+    xml.unlink()
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", type=int, default=1024, help="MiB of data for the pipelines")
@@ -458,6 +634,7 @@ def main() -> int:
             "cold_cache": COLD and os.geteuid() == 0,
             "pipelines": pipelines(work, args.size * M, args.workers),
             "scale": scale(work, args.ranges, args.changed * M, args.workers),
+            "repository": repository(work, args.size * M, args.changed * M, args.workers),
         }
     finally:
         for p in work.iterdir():
@@ -485,6 +662,12 @@ if __name__ == "__main__":
         child_dump(*sys.argv[2:])
     elif len(sys.argv) > 1 and sys.argv[1] == "_patch":
         child_patch(*sys.argv[2:])
+    elif len(sys.argv) > 1 and sys.argv[1] == "_repo_make":
+        child_repo_make(*sys.argv[2:])
+    elif len(sys.argv) > 1 and sys.argv[1] == "_repo_restore":
+        child_repo_restore(*sys.argv[2:])
+    elif len(sys.argv) > 1 and sys.argv[1] == "_repo_changed":
+        child_repo_changed(*sys.argv[2:])
     elif len(sys.argv) > 1 and sys.argv[1] == "_preads":
         child_preads(*sys.argv[2:])
     elif len(sys.argv) > 1 and sys.argv[1] == "_mix":

@@ -46,4 +46,7 @@ def test_quick_benchmark_produces_every_figure(tmp_path):
     for r in result["pipelines"]:
         assert r["ratio"] > 0 and r["peak_rss_mib"] > 0 and r["ours_mib_s"] > 0
     assert result["scale"][0]["ranges_per_s"] > 0
+    repo = [r["name"] for r in result["repository"]]
+    assert repo[:2] == ["repository: make a point", "repository: restore a point"]
+    assert result["repository"][-1]["ratio"] > 0
     assert list(tmp_path.iterdir()) == [out]  # it cleaned up after itself
