@@ -502,15 +502,18 @@ def cleanup(
     found = lvm.lvs_in_vg(vg) if listing is None else listing
     removed = []
     for lv in found:
-        if tags.INCOMPLETE not in lv.tags or lv.name in locked:
+        if tags.INCOMPLETE not in lv.tags:
             continue
         if not resumable and tags.with_prefix(lv.tags, tags.RESUME_PREFIX):
             continue  # kept on purpose for lvpatch --resume
-        with locks.target_lock(lv.vg, lv.name, wait=False) as free:
-            if free:  # nobody is building it: the lvpatch that was died
-                lvm.remove(lv)
-                removed.append(lv.full_name)
-                report(Note(f"removed {lv.full_name}, left incomplete by an interrupted lvpatch"))
+        if lv.name not in locked:  # the caller holds the lock of those in locked: stale
+            with locks.target_lock(lv.vg, lv.name, wait=False) as free:
+                if not free:
+                    continue  # an lvpatch is building it now
+        # nobody is building it: the lvpatch that was died
+        lvm.remove(lv)
+        removed.append(lv.full_name)
+        report(Note(f"removed {lv.full_name}, left incomplete by an interrupted lvpatch"))
     return removed
 
 

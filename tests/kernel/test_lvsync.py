@@ -254,14 +254,16 @@ def test_two_machines_two_jobs_each_into_one_vg_and_one_directory(loop_vg, sshd)
     assert data["pruned_there"] == [first["A"]["snapshot"]], data
     assert b_copies <= lv_names(bak.name)
 
-    # machine A's `extra` removed: that source fails alone, `data` still syncs (exit 2)
+    # machine A's `extra` removed: that source fails alone, `data` still syncs (exit 2); its
+    # earlier snapshots are copies of it and stay, and no new one is taken
     sh("lvremove", "-q", "-f", f"{vgs['A'].name}/extra")
+    extras = [n for n in ours(vgs["A"].name) if n.startswith("extra.")]
     change(rnd, vols["A"], sizes["A"] * M)
     code, summary, err = hourly("A")
     extra = outcome(summary, f"{vgs['A'].name}/extra")
     assert code == 2 and extra["status"] == "failed" and "not found" in extra["error"], err
     assert outcome(summary, f"{vgs['A'].name}/data")["status"] == "synced"
-    assert not [n for n in ours(vgs["A"].name) if n.startswith("extra.")]
+    assert [n for n in ours(vgs["A"].name) if n.startswith("extra.")] == extras
 
     # a target VG of two pools is refused before anything is snapshotted
     two = loop_vg(prefix="two", size_mb=128)

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from lvdiff import locks
+from lvdiff import locks, lvm
 from lvdiff.blockdev import BlockDevice, DeviceError
 from lvdiff.errors import LvdiffError
 
@@ -93,3 +93,30 @@ def test_a_failed_flush_is_never_followed_by_a_successful_one(tmp_path, monkeypa
         with pytest.raises(DeviceError, match="earlier flush"):
             dev.sync()  # the kernel would say 0 here
     assert len(calls) == 1
+
+
+def test_cleanup_removes_only_what_a_dead_lvpatch_left(lock_dir, monkeypatch):
+    """Incomplete targets go when nobody holds their lock (or the caller holds it); one an
+    lvpatch is building, or one kept for --resume, stays."""
+    from lvdiff.apply import cleanup
+    from lvdiff.lvm import LV
+
+    def lv(name: str, *tags: str) -> LV:
+        return LV("vg", name, "u", "Vwi-a-tz--", 1, "thin", "pool", 1, list(tags), 0, "", 0, None)
+
+    found = [
+        lv("dead", "lvdiff_incomplete"),
+        lv("mine", "lvdiff_incomplete"),  # the caller holds its lock: it is about to rebuild it
+        lv("busy", "lvdiff_incomplete"),
+        lv("kept", "lvdiff_incomplete", "lvdiff_resume:0:A:-"),
+        lv("done", "lvdiff_identity:A"),
+    ]
+    gone: list[str] = []
+    monkeypatch.setattr(lvm, "remove", lambda v: gone.append(v.name))
+    with locks.target_lock("vg", "busy", wait=False) as held:
+        assert held
+        removed = cleanup("vg", listing=found, locked=("mine",))
+    assert gone == ["dead", "mine"] and removed == ["vg/dead", "vg/mine"]
+    gone.clear()
+    cleanup("vg", listing=found, resumable=True)
+    assert gone == ["dead", "mine", "busy", "kept"]
