@@ -24,7 +24,10 @@ DESCRIPTION = (
     "authenticated when asked. Every point restores, verifies and is pruned on its own."
 )
 EPILOG = (
-    "REPO is a directory (dir:/path or /path). lvsync writes points into a dir: target; "
+    "REPO is a directory (dir:/path or /path) or S3-compatible object storage: "
+    "s3://BUCKET/PREFIX on AWS, s3+https://HOST[:PORT]/BUCKET/PREFIX elsewhere (Ceph, "
+    "MinIO, B2, Wasabi); S3 credentials and region come only from the usual AWS "
+    "environment variables and files. lvsync writes points into such a target; "
     "`lvdiff ... | lvrepo put REPO` makes one from any stream. An encrypted repository's "
     "key file is made by init (in /etc/lvdiff/keys/ unless --key-file says where; with "
     "--passphrase-file or LVDIFF_REPO_PASSPHRASE it is protected by a passphrase): keep a "
@@ -45,7 +48,9 @@ def lvrepo_parser() -> argparse.ArgumentParser:
 
     def command(name: str, text: str) -> argparse.ArgumentParser:
         q = sub.add_parser(name, help=text, description=text)
-        q.add_argument("repo", metavar="REPO", help="the repository: dir:/path or /path")
+        q.add_argument(
+            "repo", metavar="REPO", help="dir:/path, s3://BUCKET/PREFIX or s3+https://HOST/..."
+        )
         q.add_argument("--key-file", type=Path, help="the key file (default: KEY_DIR/<id>.key)")
         q.add_argument(
             "--passphrase-file",
@@ -155,7 +160,7 @@ def lvrepo_main(argv: Sequence[str] | None = None) -> int:
         json_to = c.json_destination(args.json, "the stream" if stream_out else None, console)
         return COMMANDS[args.command](args, console, json_to)
 
-    # a repository on a directory needs no root; restoring onto LVM does
+    # a repository needs no root; restoring onto LVM does
     need_root = args.command == "restore" and args.vg is not None
     return c.run("lvrepo", body, console, need_root=need_root)
 

@@ -15,16 +15,24 @@ from ..errors import UsageError
 from .crypto import Keys, key_file_needs_passphrase, load_key_file
 from .format import Config
 from .repository import Repository
-from .store import DirStore, open_dir
+from .store import Store, open_dir
 
 KEY_DIR = Path(os.environ.get("LVDIFF_KEY_DIR", "/etc/lvdiff/keys"))
 
 
-def store_for(spec: str, create: bool = False) -> DirStore:
-    """``dir:/path`` or ``/path``."""
+def is_s3(spec: str) -> bool:
+    return spec.startswith(("s3://", "s3+https://", "s3+http://"))
+
+
+def store_for(spec: str, create: bool = False) -> Store:
+    """``dir:/path`` or ``/path``, ``s3://BUCKET/PREFIX`` or ``s3+https://HOST/BUCKET/PREFIX``."""
+    if is_s3(spec):
+        from .s3 import S3Store, parse_location
+
+        return S3Store(parse_location(spec))
     path = spec.removeprefix("dir:")
     if not path:
-        raise UsageError("give the repository: dir:/path")
+        raise UsageError("give the repository: dir:/path or s3://BUCKET/PREFIX")
     return open_dir(Path(path), create=create)
 
 

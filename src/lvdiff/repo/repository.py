@@ -233,6 +233,7 @@ class GcResult:
     deleted_bytes: int = 0
     kept: int = 0  # condemned earlier, but named again or stored again since
     waiting: int = 0  # condemned, not yet past the grace period
+    cleaned: int = 0  # half-written leftovers of killed writers removed
 
     def to_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -279,6 +280,7 @@ def gc(repo: Repository, grace: timedelta = GRACE, report: Reporter = ignore) ->
         report(Note(f"condemned {len(fresh)} objects no point names; deleted after {grace}"))
     for c in done_lists:
         repo.store.delete(c.name)
+    result.cleaned = repo.store.cleanup(grace.total_seconds() or 3600)
     if result.deleted:
         report(Note(f"deleted {result.deleted} objects ({result.deleted_bytes} bytes)"))
     return result

@@ -60,6 +60,11 @@ class Store(Protocol):
         """Make everything put so far durable."""
         ...
 
+    def cleanup(self, older_than: float) -> int:
+        """Remove what killed writers left half-written, older than ``older_than`` seconds
+        (temporary files; an S3 store's incomplete multipart uploads); how many."""
+        ...
+
 
 class DirStore:
     """A repository in a directory (a local disk, NFS, a mounted NAS share)."""
@@ -133,14 +138,20 @@ class DirStore:
         finally:
             os.close(fd)
 
-    def temporaries(self, older_than: float) -> Iterator[Path]:
-        """Temporary files a killed writer left, older than ``older_than`` seconds."""
+    def cleanup(self, older_than: float) -> int:
+        """Temporary files a killed writer left, older than ``older_than`` seconds, removed."""
         cutoff = time.time() - older_than
+        done = 0
         for folder, _dirs, files in os.walk(self.path):
             for f in files:
                 p = Path(folder) / f
-                if _TEMP in f and p.stat().st_mtime < cutoff:
-                    yield p
+                try:
+                    if _TEMP in f and p.stat().st_mtime < cutoff:
+                        p.unlink()
+                        done += 1
+                except FileNotFoundError:
+                    continue
+        return done
 
 
 def open_dir(path: Path, create: bool = False) -> DirStore:

@@ -101,11 +101,13 @@ class Target(Protocol):
 
 
 def parse_target(spec: str, ssh_options: list[str], remote_lvpatch: str = "lvpatch") -> Target:
-    """``VG[/POOL]``, ``[user@]host:VG[/POOL]`` or ``dir:/path``."""
+    """``VG[/POOL]``, ``[user@]host:VG[/POOL]``, ``dir:/path`` or an S3 location."""
+    if spec.startswith(("s3://", "s3+https://", "s3+http://")):
+        return RepoTarget(spec)
     if spec.startswith("dir:"):
         if not spec[4:]:
             raise UsageError("dir: needs a path: dir:/srv/lvsync")
-        return RepoTarget(Path(spec[4:]))
+        return RepoTarget(spec)
     host, sep, where = spec.rpartition(":")
     vg, _, pool = where.partition("/")
     lvm.check_name(vg, "VG name")
@@ -523,7 +525,7 @@ class DirTarget:
 
 @dataclass
 class RepoTarget:
-    """A repository on a directory (``dir:`` since issue 20): one point per stream received.
+    """A repository (``dir:`` since issue 20, or S3): one point per stream received.
 
     Each point stands alone, so retention prunes any of them (``prunable``);
     a point's chunks go at the repository's next ``lvrepo gc``.  A new point
@@ -531,11 +533,13 @@ class RepoTarget:
     previous point of the source (the job's newest common snapshot), and
     takes the rest from that point's index.  A directory an older lvsync
     filled with stream folders becomes a repository beside them (those still
-    restore with ``lvsync --restore``).  An encrypted repository is opened
-    with ``key_file`` (and the passphrase in ``passphrase_file``).
+    restore with ``lvsync --restore``); a directory without a repository gets
+    an unencrypted one, an S3 location must be made with ``lvrepo init``.  An
+    encrypted repository is opened with ``key_file`` (and the passphrase in
+    ``passphrase_file``).
     """
 
-    path: Path
+    spec: str  # dir:/path, s3://BUCKET/PREFIX or s3+https://HOST/BUCKET/PREFIX
     key_file: Path | None = None
     passphrase_file: Path | None = None
     level: int = 2
@@ -544,25 +548,31 @@ class RepoTarget:
 
     @property
     def label(self) -> str:
-        return f"dir:{self.path}"
+        return self.spec if not self.spec.startswith("/") else f"dir:{self.spec}"
 
     @property
     def key(self) -> str:
-        return f"dir:{self.path.resolve()}"
+        from ..repo.access import is_s3
+
+        if is_s3(self.spec):
+            return self.spec.rstrip("/")
+        return f"dir:{Path(self.spec.removeprefix('dir:')).resolve()}"
 
     def _open(self):  # noqa: ANN202 - repo.repository.Repository
-        from ..repo.access import open_repository, store_for
+        from ..repo.access import is_s3, open_repository, store_for
         from ..repo.crypto import new_keys
         from ..repo.format import CONFIG
         from ..repo.repository import Repository
 
-        if not (self.path / CONFIG).exists():
-            self.notes.append(
-                f"made an unencrypted repository in {self.path}; for an encrypted one, "
-                "make it first: lvrepo init --encryption aes-256-gcm dir:PATH"
-            )
-            return Repository.create(store_for(str(self.path), create=True), new_keys("none"))
-        return open_repository(str(self.path), self.key_file, self.passphrase_file)
+        if not is_s3(self.spec):
+            path = Path(self.spec.removeprefix("dir:"))
+            if not (path / CONFIG).exists():
+                self.notes.append(
+                    f"made an unencrypted repository in {path}; for an encrypted one, "
+                    "make it first: lvrepo init --encryption aes-256-gcm dir:PATH"
+                )
+                return Repository.create(store_for(self.spec, create=True), new_keys("none"))
+        return open_repository(self.spec, self.key_file, self.passphrase_file)
 
     def prepare(self, report: Reporter = ignore) -> list[Held]:
         self.repo = self._open()
