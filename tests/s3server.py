@@ -413,6 +413,9 @@ paxos min wait = 0.01
 # default.  5 s here, with the clients' watch pings every second instead of every 5.
 osd client watch timeout = 5
 objecter tick interval = 1
+# No erasure-code plugin preloaded (every pool here is replicated): jerasure's field setup
+# runs instructions a plain qemu64 guest CPU lacks, and ceph-mon died of SIGILL in the rig.
+osd erasure code plugins =
 
 [mon]
 mon data = {w}/mon/$cluster-$id

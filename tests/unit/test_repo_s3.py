@@ -124,6 +124,30 @@ def test_a_commit_is_create_if_absent(s3, env):
     assert store.get("points/x") == b"one"
 
 
+SYSTEM_PYTHON = Path("/usr/bin/python3")
+
+
+def test_a_commit_is_create_if_absent_with_debians_own_boto3(s3, env):
+    """The .deb runs on Debian's boto3 (1.26), whose PutObject has no IfNoneMatch
+    parameter: the header is added by an event hook, and the server must see it."""
+    probe = "import boto3, sys; sys.exit(boto3.__version__ >= '1.35')"
+    if not SYSTEM_PYTHON.exists() or subprocess.run([SYSTEM_PYTHON, "-c", probe]).returncode:
+        pytest.skip("no system python3 with a boto3 older than 1.35")
+    script = (
+        "import sys; from lvdiff.repo.s3 import S3Store, parse_location;"
+        "s = S3Store(parse_location(sys.argv[1]));"
+        "print(s.put('p/x', b'one', exclusive=True), s.put('p/x', b'two', exclusive=True),"
+        " s.get('p/x'))"
+    )
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    res = subprocess.run(
+        [SYSTEM_PYTHON, "-c", script, location(s3)],
+        env={**env, "PYTHONPATH": src}, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["True", "False", "b'one'"]
+
+
 def test_two_writers_at_once_and_a_prune_lose_nothing(s3, env, tmp_path):
     """Two machines writing into one bucket while a third prunes: every point committed
     verifies and restores; identical content is stored once."""

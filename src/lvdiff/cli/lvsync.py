@@ -31,11 +31,13 @@ def lvsync_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lvsync",
         description="Replicate thin volumes to another VG, another machine (ssh) or a "
-        "directory: snapshot, send what changed since the newest snapshot both sides "
-        "share, resume cut transfers, prune by a retention policy.",
+        "repository (a directory or S3): snapshot, send what changed since the newest "
+        "snapshot both sides share, resume cut transfers, prune by a retention policy.",
         epilog="TARGET is VG[/POOL] here, [user@]host:VG[/POOL] over ssh (the other side "
-        "runs its own lvpatch, of the same version), or dir:/path (stream files and a "
-        "manifest; restore them with --restore). A full stream needs the POOL.\n\n"
+        "runs its own lvpatch, of the same version), or a repository: dir:/path, "
+        "s3://BUCKET/PREFIX or s3+https://HOST[:PORT]/BUCKET/PREFIX (points restored with "
+        "lvrepo restore; --restore reads the stream folders of an older lvsync's dir:). "
+        "A full stream needs the POOL.\n\n"
         + GUARANTEES
         + "\n\n"
         + EXIT_CODES,
