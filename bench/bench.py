@@ -604,6 +604,160 @@ def repository(work: Path, size: int, changed: int, workers: int) -> list[dict]:
     return rows
 
 
+# ---------------------------------------------------------------- the repository on S3
+
+
+def _boto3_client():  # noqa: ANN202 - a boto3 client and a TransferConfig
+    import boto3
+    from boto3.s3.transfer import TransferConfig
+    from botocore.config import Config
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=os.environ["LVDIFF_S3_ENDPOINT"],
+        config=Config(s3={"addressing_style": "path"}, max_pool_connections=16),
+    )
+    return client, TransferConfig(max_concurrency=8)
+
+
+def child_s3_upload(path: str, bucket: str, key: str) -> None:
+    """boto3's own managed upload of one file (the baseline)."""
+    client, transfer = _boto3_client()
+    started = time.perf_counter()  # like ours: after the imports and the client
+    client.upload_file(path, bucket, key, Config=transfer)
+    peak_rss_report(started)
+
+
+def child_s3_download(path: str, bucket: str, key: str) -> None:
+    client, transfer = _boto3_client()
+    started = time.perf_counter()
+    client.download_file(bucket, key, path, Config=transfer)
+    with open(path, "rb+") as f:  # durable, as a restore is
+        os.fsync(f.fileno())
+    peak_rss_report(started)
+
+
+def child_s3_make(src: str, spec: str, workers: str) -> None:
+    """Making a point of a whole volume in a bucket: read, hash, compress, encrypt, PUT."""
+    from lvdiff.blockdev import BlockDevice
+    from lvdiff.plan import DATA, Extent
+    from lvdiff.repo.access import open_repository, store_for
+    from lvdiff.repo.crypto import dump_key_file, new_keys
+    from lvdiff.repo.format import CONFIG, SourceRef
+    from lvdiff.repo.make import make_point, slots_from_extents
+    from lvdiff.repo.repository import Repository
+
+    started = time.perf_counter()
+    key = Path(os.environ["LVDIFF_REPO_KEY"])
+    store = store_for(spec)
+    if not store.exists(CONFIG):
+        keys = new_keys("aes-256-gcm")
+        key.write_bytes(dump_key_file(keys, None))
+        r = Repository.create(store, keys)
+    else:
+        r = open_repository(spec)
+    with BlockDevice(src) as dev:
+        size = dev.size
+        slots = slots_from_extents(
+            [Extent(DATA, 0, size)], size, r.config.chunk_size, dev.read, False, None
+        )
+        make_point(
+            r, SourceRef("bench", "bench", "vg", "vol"), "vol", "bench-id", size, slots, None,
+            None, workers=int(workers),
+        )  # fmt: skip
+    peak_rss_report(started)
+
+
+def child_s3_restore(spec: str, image: str, workers: str) -> None:
+    from lvdiff.repo.access import open_repository
+    from lvdiff.repo.emit import restore_image
+
+    started = time.perf_counter()
+    r = open_repository(spec)
+    restore_image(r, r.points()[-1], Path(image), workers=int(workers))
+    peak_rss_report(started)
+
+
+def s3_figures(work: Path, size: int, workers: int) -> list[dict]:
+    """A point made into and restored from a real radosgw on loopback, against boto3's own
+    upload_file and download_file of as many bytes as the point stored, in the same run."""
+    sys.path.insert(0, str(ROOT))
+    from tests.s3server import S3Server, missing_binaries
+
+    if missing_binaries():
+        print("== S3: skipped (Ceph is not installed: scripts/setup)", flush=True)
+        return []
+    server = S3Server.start(work / "s3")
+    os.environ.update(server.env())
+    os.environ["NO_PROXY"] = "127.0.0.1"
+    os.environ["LVDIFF_REPO_KEY"] = str(work / "s3.key")
+    workers = max(workers, 8)  # requests wait on the network: more in flight
+    rows: list[dict] = []
+    try:
+        print(f"== repository on S3 (radosgw on loopback), {size // M} MiB, encrypted", flush=True)
+        src = work / "s3-source"
+        make_source(src, size)
+        client = server.client()
+        runs = iter(range(1000))
+        stored = 0
+        specs: list[str] = []
+
+        def make() -> tuple[float, int, float]:
+            nonlocal stored
+            spec = f"s3+{server.endpoint}/{server.bucket}/r{next(runs)}"
+            specs.append(spec)
+            Path(os.environ["LVDIFF_REPO_KEY"]).unlink(missing_ok=True)
+            got = ours("_s3_make", str(src), spec, str(workers))
+            prefix = spec.rsplit("/", 1)[1] + "/data/"
+            pages = client.get_paginator("list_objects_v2").paginate(
+                Bucket=server.bucket, Prefix=prefix
+            )
+            stored = sum(o["Size"] for page in pages for o in page.get("Contents", ()))
+            return got
+
+        blob = work / "s3-blob"
+
+        def upload() -> float:
+            if not blob.exists() or blob.stat().st_size != stored:
+                with open(blob, "wb") as f:
+                    f.write(os.urandom(stored))
+            return ours("_s3_upload", str(blob), server.bucket, "baseline")[0]
+
+        make()  # once, so the baseline knows how many bytes a point stores
+        t_theirs, t_ours = interleaved(RUNS, upload, make)
+        rows.append(
+            row("S3: make a point", size, t_ours, t_theirs, "boto3 upload_file, as many bytes")
+        )
+        image = work / "s3-restored.img"
+
+        def restore() -> tuple[float, int, float]:
+            image.unlink(missing_ok=True)
+            return ours("_s3_restore", specs[-1], str(image), str(workers))
+
+        def download() -> float:
+            image.unlink(missing_ok=True)
+            return ours("_s3_download", str(image), server.bucket, "baseline")[0]
+
+        t_theirs, t_ours = interleaved(RUNS, download, restore)
+        rows.append(
+            row(
+                "S3: restore a point",
+                size,
+                t_ours,
+                t_theirs,
+                "boto3 download_file, as many bytes, fsync",
+            )
+        )
+        for p in (src, blob, image):
+            p.unlink(missing_ok=True)
+    finally:
+        server.stop()
+        import shutil
+
+        shutil.rmtree(work / "s3", ignore_errors=True)
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", type=int, default=1024, help="MiB of data for the pipelines")
@@ -614,6 +768,9 @@ def main() -> int:
     ap.add_argument("--json", type=Path, default=ROOT / "results" / "bench.json")
     ap.add_argument("--dir", type=Path, default=None, help="where the test files go")
     ap.add_argument("--warm", action="store_true", help="keep the page cache between runs")
+    ap.add_argument(
+        "--s3", action="store_true", help="also the repository on a real radosgw on loopback"
+    )
     args = ap.parse_args()
     global COLD
     COLD = not args.warm
@@ -635,6 +792,7 @@ def main() -> int:
             "pipelines": pipelines(work, args.size * M, args.workers),
             "scale": scale(work, args.ranges, args.changed * M, args.workers),
             "repository": repository(work, args.size * M, args.changed * M, args.workers),
+            "s3": s3_figures(work, args.size * M, args.workers) if args.s3 else [],
         }
     finally:
         for p in work.iterdir():
@@ -662,6 +820,14 @@ if __name__ == "__main__":
         child_dump(*sys.argv[2:])
     elif len(sys.argv) > 1 and sys.argv[1] == "_patch":
         child_patch(*sys.argv[2:])
+    elif len(sys.argv) > 1 and sys.argv[1] == "_s3_make":
+        child_s3_make(*sys.argv[2:])
+    elif len(sys.argv) > 1 and sys.argv[1] == "_s3_restore":
+        child_s3_restore(*sys.argv[2:])
+    elif len(sys.argv) > 1 and sys.argv[1] == "_s3_upload":
+        child_s3_upload(*sys.argv[2:])
+    elif len(sys.argv) > 1 and sys.argv[1] == "_s3_download":
+        child_s3_download(*sys.argv[2:])
     elif len(sys.argv) > 1 and sys.argv[1] == "_repo_make":
         child_repo_make(*sys.argv[2:])
     elif len(sys.argv) > 1 and sys.argv[1] == "_repo_restore":

@@ -37,10 +37,7 @@ def lvsync_parser() -> argparse.ArgumentParser:
         "runs its own lvpatch, of the same version), or a repository: dir:/path, "
         "s3://BUCKET/PREFIX or s3+https://HOST[:PORT]/BUCKET/PREFIX (points restored with "
         "lvrepo restore; --restore reads the stream folders of an older lvsync's dir:). "
-        "A full stream needs the POOL.\n\n"
-        + GUARANTEES
-        + "\n\n"
-        + EXIT_CODES,
+        "A full stream needs the POOL.\n\n" + GUARANTEES + "\n\n" + EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("volumes", nargs="*", metavar="VG/LV... TARGET", help="what to send, and where")

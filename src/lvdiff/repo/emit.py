@@ -12,6 +12,8 @@ carries the chunk's own zstd frame: nothing is compressed twice.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import threading
 from collections import deque
@@ -29,6 +31,7 @@ from . import format as fmt
 from .repository import Repository
 
 AHEAD = 8  # chunks fetched and checked ahead of the writer
+PIPE_SIZE = 1 << 20  # /proc/sys/fs/pipe-max-size's default
 
 
 @dataclass(frozen=True)
@@ -166,6 +169,8 @@ def _feed(
 ) -> tuple[BinaryIO, threading.Thread, list[BaseException]]:
     """A pipe a thread writes ``point``'s stream into, for lvpatch's engine to read."""
     r, w = os.pipe()
+    with contextlib.suppress(OSError):  # 1 MiB, not 64 KiB: a 4 MiB chunk in 4 wakeups, not 64
+        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
     failure: list[BaseException] = []
 
     def run() -> None:
