@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -159,7 +160,7 @@ def prepare(
     opt = options or DumpOptions()
     if opt.level not in fpr.LEVELS:
         raise UsageError(f"detect level must be {fpr.LEVELS_SHOWN}, not {opt.level}")
-    check_version(opt.thin_delta)
+    check_thin_delta(opt.thin_delta)
     listing = lvm.lvs_in_vg(new[0])  # once: every lvm command costs a metadata scan
     new_lv = lvm.get_thin(*new, listing)
     base_lv = lvm.get_thin(*base, listing if base[0] == new[0] else None) if base else None
@@ -179,12 +180,15 @@ def prepare(
     with ExitStack() as stack:
         stack.enter_context(locks.pool_lock(vg, pool_name, report))
         # With the pool lock held, every temporary snapshot in the pool is a killed lvdiff's.
-        for lv in lvm.lvs_in_vg(vg):
-            if tags.TEMP in lv.tags and lv.pool == pool_name:
-                lvm.remove(lv)
+        # The listing came before the lock: one that names any is taken again now.
+        if any(tags.TEMP in lv.tags and lv.pool == pool_name for lv in listing):
+            stale = [
+                lv for lv in lvm.lvs_in_vg(vg) if tags.TEMP in lv.tags and lv.pool == pool_name
+            ]
+            lvm.remove(*stale)
+            for lv in stale:
                 report(Note(f"removed {lv.full_name}, left by a killed lvdiff"))
-        src_new = _point_in_time(stack, new_lv, "new")
-        src_base = _point_in_time(stack, base_lv, "base") if base_lv else None
+        src_new, src_base = _points_in_time(stack, new_lv, base_lv)
         for lv, shown in ((src_new, new_lv), (src_base, base_lv)):
             if lv and shown and lvm.external_origin(lv):
                 raise UsageError(
@@ -209,6 +213,41 @@ def prepare(
             for _ in planned.count(skip_before(counted, resume) if resume else counted):
                 pass
         yield Prepared(vg, pool_lv, new_lv, base_lv, src_new, src_base, ranges, planned, stack)
+
+
+def unchanged(
+    pairs: Sequence[tuple[lvm.LV, lvm.LV]],
+    thin_delta_tool: str = "thin_delta",
+    report: Reporter = ignore,
+) -> set[str]:
+    """Which of the (BASE, NEW) thin volume pairs hold the same data: NEW's full name
+    where thin_delta reports nothing but shared blocks and the sizes agree.
+
+    From the pool's metadata alone, one reservation per pool for every pair in
+    it: nothing is activated or read, so a nightly run over many volumes in
+    which little changed pays one thin_delta per volume.
+    """
+    by_pool: dict[tuple[str, str], list[tuple[lvm.LV, lvm.LV]]] = {}
+    for base, new in pairs:
+        if base.size == new.size and (base.vg, base.pool) == (new.vg, new.pool):
+            by_pool.setdefault((new.vg, new.pool), []).append((base, new))
+    if not by_pool:
+        return set()
+    check_thin_delta(thin_delta_tool)
+    same = set()
+    for (vg, pool), group in by_pool.items():
+        with (
+            locks.pool_lock(vg, pool, report),
+            locks.metadata_snapshot(vg, pool, report) as meta_dev,
+        ):
+            for base, new in group:
+                assert base.thin_id is not None and new.thin_id is not None
+                with thin_delta(thin_delta_tool, meta_dev, base.thin_id, new.thin_id) as delta:
+                    # read to the end: an early stop would leave thin_delta's output buffered
+                    shared = not sum(1 for r in delta.ranges() if r.kind is not Delta.SAME)
+                if shared:
+                    same.add(new.full_name)
+    return same
 
 
 def _size(lv: lvm.LV | None) -> int | None:
@@ -353,23 +392,62 @@ def skip_before(extents: Iterable[Extent], offset: int) -> Iterator[Extent]:
         yield e
 
 
-def _point_in_time(stack: ExitStack, lv: lvm.LV, side: str) -> lvm.LV:
-    """A view of ``lv`` that cannot change while we read it.
+def _points_in_time(
+    stack: ExitStack, new: lvm.LV, base: lvm.LV | None
+) -> tuple[lvm.LV, lvm.LV | None]:
+    """Views of NEW and BASE that cannot change while we read them.
 
     A volume that is active and writable (mounted, in use) gets a temporary
-    read-only thin snapshot, removed at the end; anything else is activated
-    if needed and its activation put back as it was.
+    read-only thin snapshot, made active and removed at the end; the rest are
+    activated where needed, all in one command, and deactivated again in one.
     """
-    if lv.active and lv.writable:
-        name = f"lvdiff_{os.getpid()}_{side}_{lv.name[:40]}"
-        snap = lvm.create_snapshot(lv, name, add_tags=(tags.TEMP,), writable=False)
-        stack.callback(lvm.remove, snap)
-        lvm.activate(snap)
-        return lvm.get_thin(snap.vg, snap.name)
-    if lvm.activate(lv):
-        stack.callback(lvm.deactivate, lv)
-        return lvm.get_thin(lv.vg, lv.name)
-    return lv
+    views = []
+    for lv, side in ((new, "new"), (base, "base")):
+        if lv is not None and lv.active and lv.writable:
+            name = f"lvdiff_{os.getpid()}_{side}_{lv.name[:40]}"
+            snap = lvm.create_snapshot(
+                lv, name, add_tags=(tags.TEMP,), writable=False, activation_skip=False
+            )
+            assert snap is not None
+            stack.callback(lvm.remove, snap)
+            lv = snap
+        views.append(lv)
+    activated = lvm.activate(*(v for v in views if v is not None))
+    if activated:
+        stack.callback(lvm.deactivate, *activated)
+    view_new, view_base = views
+    assert view_new is not None
+    return view_new, view_base
+
+
+_CHECKED: set[str] = set()  # thin_delta binaries proved safe in this process
+
+
+def check_thin_delta(tool: str) -> None:
+    """Refuse a thin_delta that loses data (:func:`lvdiff.thindelta.check_version`), once
+    per binary: in this process, and across runs while the file is the same one (its
+    inode, size and times, kept in the private lock directory until the next boot)."""
+    path = shutil.which(tool)
+    try:
+        st = os.stat(path) if path else None
+    except OSError:
+        st = None
+    key = (
+        f"{os.path.realpath(path)} {st.st_dev} {st.st_ino} {st.st_size} {st.st_mtime_ns} "
+        f"{st.st_ctime_ns}"
+        if path and st
+        else None
+    )
+    if key and (key in _CHECKED or locks.recall(_VERSION_NOTE) == key):
+        _CHECKED.add(key)
+        return
+    check_version(tool)
+    if key:
+        _CHECKED.add(key)
+        locks.remember(_VERSION_NOTE, key)
+
+
+_VERSION_NOTE = "thin_delta.checked"
 
 
 Encoded = tuple[bytes, bytes | memoryview]  # a record's header (or all of it), its payload

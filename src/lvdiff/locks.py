@@ -25,7 +25,7 @@ from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 
 from . import lvm
-from .errors import LvdiffError
+from .errors import CommandFailed, LvdiffError
 from .events import Note, Reporter, ignore
 
 LOCK_DIR = Path("/run/lock/lvdiff")
@@ -113,11 +113,11 @@ def job_lock(key: str) -> AbstractContextManager[bool]:
     return _flock(f"lvsync-{key}.lock", None, ignore)
 
 
-class _Marker:
-    """A one-line file in LOCK_DIR: which metadata root this host's lvdiff reserved."""
+class _Note:
+    """A one-line file in LOCK_DIR, private to root like the locks beside it."""
 
-    def __init__(self, vg: str, pool: str) -> None:
-        self.name = f"pool-{lvm.dm_name(vg, pool)}.held"
+    def __init__(self, name: str) -> None:
+        self.name = name
 
     def read(self) -> str | None:
         try:
@@ -142,6 +142,22 @@ class _Marker:
             os.close(dfd)
 
 
+class _Marker(_Note):
+    """Which metadata root this host's lvdiff reserved on a pool."""
+
+    def __init__(self, vg: str, pool: str) -> None:
+        super().__init__(f"pool-{lvm.dm_name(vg, pool)}.held")
+
+
+def recall(name: str) -> str | None:
+    """What :func:`remember` kept under ``name`` (until the next boot: LOCK_DIR is in /run)."""
+    return _Note(name).read()
+
+
+def remember(name: str, text: str) -> None:
+    _Note(name).write(text)
+
+
 @contextmanager
 def metadata_snapshot(vg: str, pool: str, report: Reporter = ignore) -> Iterator[str]:
     """Reserve the pool's metadata snapshot; release it on every exit path.
@@ -151,21 +167,29 @@ def metadata_snapshot(vg: str, pool: str, report: Reporter = ignore) -> Iterator
     finds the marker naming the very root still held and releases it.  Any
     other reservation belongs to another tool and is never released: stop and
     tell the user how to release it.
+
+    The reservation is tried first (the kernel refuses a second one with EBUSY),
+    and the pool's status read only when it fails: a run costs three dmsetup
+    commands (reserve, the root for the marker, release), not five.
     """
-    tpool = lvm.pool_device(vg, pool)
     marker = _Marker(vg, pool)
-    held = lvm.held_metadata_root(tpool)
-    if held != "-":
-        if marker.read() != held:
-            raise LvdiffError(
-                f"thin pool {vg}/{pool} already has a metadata snapshot held by another "
-                f"tool; when it is done, release it with: "
-                f"dmsetup message {tpool} 0 release_metadata_snap"
-            )
-        report(Note(f"releasing the metadata snapshot a killed lvdiff left on {vg}/{pool}"))
-        lvm.run(["dmsetup", "message", tpool, "0", "release_metadata_snap"])
-    marker.remove()
-    lvm.run(["dmsetup", "message", tpool, "0", "reserve_metadata_snap"])
+    tpool = lvm.likely_pool_device(vg, pool)
+    try:
+        lvm.run(["dmsetup", "message", tpool, "0", "reserve_metadata_snap"])
+    except CommandFailed:  # held already, or not the thin-pool target: look before anything
+        tpool = lvm.pool_device(vg, pool)
+        held = lvm.held_metadata_root(tpool)
+        if held != "-":
+            if marker.read() != held:
+                raise LvdiffError(
+                    f"thin pool {vg}/{pool} already has a metadata snapshot held by another "
+                    f"tool; when it is done, release it with: "
+                    f"dmsetup message {tpool} 0 release_metadata_snap"
+                ) from None
+            report(Note(f"releasing the metadata snapshot a killed lvdiff left on {vg}/{pool}"))
+            lvm.run(["dmsetup", "message", tpool, "0", "release_metadata_snap"])
+        marker.remove()
+        lvm.run(["dmsetup", "message", tpool, "0", "reserve_metadata_snap"])
     try:
         marker.write(lvm.held_metadata_root(tpool))
         yield lvm.metadata_device(vg, pool)

@@ -208,18 +208,54 @@ def get_pool(vg: str, name: str, listing: Sequence[LV] | None = None) -> LV:
     return lv
 
 
+SYS_BLOCK = "/sys/block"
+
+
+def _dm_node(name: str) -> str | None:
+    """``dm-N`` of the active device-mapper device ``name``, read from sysfs (no command)."""
+    try:
+        entries = os.listdir(SYS_BLOCK)
+    except OSError:
+        return None
+    for node in entries:
+        if node.startswith("dm-"):
+            try:
+                with open(f"{SYS_BLOCK}/{node}/dm/name") as f:
+                    if f.read().strip() == name:
+                        return node
+            except OSError:
+                continue
+    return None
+
+
 def external_origin(lv: LV) -> str | None:
     """The device an active thin volume reads its unprovisioned blocks from, if any.
 
-    Decided from the device-mapper table, not from ``lvs``: lvm2 reports a
-    thin snapshot's thin parent as its ``origin`` and hands an external origin
-    down to snapshots silently, so only the kernel's table tells.  The thin
-    target's arguments are ``pool_dev dev_id [external_origin_dev]``.
+    Decided from the kernel, not from ``lvs``: lvm2 reports a thin snapshot's
+    thin parent as its ``origin`` and hands an external origin down to
+    snapshots silently, so only the device-mapper table tells.  The thin
+    target's arguments are ``pool_dev dev_id [external_origin_dev]``, and the
+    kernel lists exactly those devices under the volume's ``slaves`` in sysfs:
+    anything there but the pool's own device is the external origin.  Read
+    without starting a command; ``dmsetup table`` where sysfs cannot tell.
     """
-    for line in run(["dmsetup", "table", dm_name(lv.vg, lv.name)]).splitlines():
-        fields = line.split()
-        if len(fields) > 5 and fields[2] == "thin":
-            return fields[5]
+    node = _dm_node(dm_name(lv.vg, lv.name))
+    slaves = f"{SYS_BLOCK}/{node}/slaves"
+    if node is None or not os.path.isdir(slaves):
+        for line in run(["dmsetup", "table", dm_name(lv.vg, lv.name)]).splitlines():
+            fields = line.split()
+            if len(fields) > 5 and fields[2] == "thin":
+                return fields[5]
+        return None
+    pools = {f"{dm_name(lv.vg, lv.pool)}-tpool", dm_name(lv.vg, lv.pool)}
+    for slave in sorted(os.listdir(slaves)):
+        try:
+            with open(f"{slaves}/{slave}/dm/name") as f:
+                if f.read().strip() in pools:
+                    continue
+        except OSError:  # not a device-mapper device: not the pool
+            pass
+        return slave
     return None
 
 
@@ -238,6 +274,13 @@ def pool_device(vg: str, pool: str) -> str:
         if len(fields) > 2 and fields[2] == "thin-pool":
             return name
     raise LvdiffError(f"thin pool {vg}/{pool} is not active (no thin-pool device-mapper target)")
+
+
+def likely_pool_device(vg: str, pool: str) -> str:
+    """The dm name of a pool's thin-pool target as sysfs shows it, without a command: the
+    ``-tpool`` layer if it exists.  A guess to try first; :func:`pool_device` proves it."""
+    tpool = f"{dm_name(vg, pool)}-tpool"
+    return tpool if _dm_node(tpool) else dm_name(vg, pool)
 
 
 def held_metadata_root(pool_dm: str) -> str:
@@ -259,16 +302,20 @@ def metadata_device(vg: str, pool: str) -> str:
     return f"/dev/mapper/{dm_name(vg, pool)}_tmeta"
 
 
-def activate(lv: LV) -> bool:
-    """Activate (ignoring the activation-skip flag); True if we changed anything."""
-    if lv.active:
-        return False
-    run(["lvchange", "-ay", "-K", lv.full_name])
-    return True
+def activate(*lvs: LV) -> list[LV]:
+    """Activate those of ``lvs`` that are inactive, in one command (ignoring the
+    activation-skip flag); the ones it activated, their ``attr`` updated to match."""
+    changed = [lv for lv in lvs if not lv.active]
+    if changed:
+        run(["lvchange", "-ay", "-K", *(lv.full_name for lv in changed)])
+        for lv in changed:
+            lv.attr = lv.attr[:4] + "a" + lv.attr[5:]
+    return changed
 
 
-def deactivate(lv: LV) -> None:
-    run(["lvchange", "-an", lv.full_name])
+def deactivate(*lvs: LV) -> None:
+    if lvs:
+        run(["lvchange", "-an", *(lv.full_name for lv in lvs)])
 
 
 def create_snapshot(
@@ -277,14 +324,19 @@ def create_snapshot(
     add_tags: Sequence[str] = (),
     activation_skip: bool = True,
     writable: bool = True,
-) -> LV:
-    """A thin snapshot of ``origin``, with the permission asked for whatever origin's is."""
+    look_up: bool = True,
+) -> LV | None:
+    """A thin snapshot of ``origin``, with the permission asked for whatever origin's is.
+
+    With ``look_up`` False nothing is returned and no ``lvs`` runs: a caller that
+    makes several lists their VG once afterwards.
+    """
     argv = ["lvcreate", "-q", "-s", "-p", "rw" if writable else "r", "-n", name]
     argv += ["-k", "y" if activation_skip else "n"]
     for t in add_tags:
         argv += ["--addtag", t]
     run([*argv, origin.full_name])
-    return get_thin(origin.vg, name)
+    return get_thin(origin.vg, name) if look_up else None
 
 
 def create_thin(vg: str, pool: str, name: str, size: int, add_tags: Sequence[str] = ()) -> LV:
@@ -320,8 +372,10 @@ def resize(lv: LV, size: int) -> LV:
     return get_thin(lv.vg, lv.name)
 
 
-def remove(lv: LV) -> None:
-    run(["lvremove", "-q", "-f", "-y", lv.full_name])
+def remove(*lvs: LV) -> None:
+    """Remove ``lvs``, in one command (one metadata commit)."""
+    if lvs:
+        run(["lvremove", "-q", "-f", "-y", *(lv.full_name for lv in lvs)])
 
 
 def set_read_only(lv: LV, read_only: bool = True) -> None:

@@ -12,6 +12,7 @@ restore (NEW's identity, read-only, lvsync's tags).
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -57,8 +58,9 @@ class ModelVolumes:
     log: list[str] = field(default_factory=list)
     fail_snapshot: set[str] = field(default_factory=set)  # VG/LV whose snapshot fails
     fail_send: dict[str, BaseException] = field(default_factory=dict)  # snapshot name -> raised
-    unchanged: bool = False  # every snapshot equals its base
+    unchanged_all: bool = False  # every snapshot equals its base
     locked: set[str] = field(default_factory=set)
+    calls: Counter[str] = field(default_factory=Counter)  # how often each operation was asked
 
     def add(self, vg: str, name: str, **kw: Any) -> LV:
         lv = thin(vg, name, **kw)
@@ -69,11 +71,13 @@ class ModelVolumes:
         return sorted(self.vgs.get(vg, {}))
 
     def listing(self, vg: str) -> list[LV]:
+        self.calls["listing"] += 1
         if vg not in self.vgs:
             raise UsageError(f"volume group {vg} not found")
         return [LV(**{**lv.__dict__, "tags": list(lv.tags)}) for lv in self.vgs[vg].values()]
 
     def snapshot(self, origin: LV, name: str, tags_: Sequence[str]) -> LV:
+        self.calls["snapshot"] += 1
         if origin.full_name in self.fail_snapshot:
             raise CommandFailed(["lvcreate", "-s", origin.full_name], 5, "  Metadata is full.")
         if name in self.vgs[origin.vg]:
@@ -81,12 +85,20 @@ class ModelVolumes:
         self.log.append(f"snapshot {origin.vg}/{name}")
         return self.add(origin.vg, name, attr="Vri---tz-k", tags_=tags_)
 
-    def remove(self, lv: LV) -> None:
-        self.log.append(f"remove {lv.full_name}")
-        del self.vgs[lv.vg][lv.name]
+    def remove(self, *lvs: LV) -> None:
+        self.calls["remove"] += 1
+        for lv in lvs:
+            self.log.append(f"remove {lv.full_name}")
+            del self.vgs[lv.vg][lv.name]
+
+    def unchanged(self, pairs: Sequence[tuple[LV, LV]]) -> set[str]:
+        self.calls["unchanged"] += 1
+        self.log.append("compare " + " ".join(new.full_name for _, new in pairs))
+        return {new.full_name for _, new in pairs} if self.unchanged_all else set()
 
     def send(self, vg, new, base, out: BinaryIO | None, resume, level, compress):  # noqa: ANN001, ANN201
         """A real stream of a 1 MiB volume whose first 64 KiB name it (see :func:`content`)."""
+        self.calls["send"] += 1
         self.log.append(f"send {vg}/{new}" + (f" from {base}" if base else " full"))
         if new in self.fail_send:
             raise self.fail_send[new]
@@ -111,7 +123,7 @@ class ModelVolumes:
         return SimpleNamespace(identity=identity, header=h, totals=w.totals, digest=digest)
 
     def planned(self, vg: str, new: str, base: str | None) -> PlanTotals:
-        return PlanTotals() if self.unchanged and base else PlanTotals(1, 1 << 20, 0)
+        return PlanTotals() if self.unchanged_all and base else PlanTotals(1, 1 << 20, 0)
 
     @contextmanager
     def job_lock(self, key: str) -> Iterator[bool]:

@@ -236,10 +236,28 @@ def test_unchanged_removes_its_snapshot_and_says_nothing_to_do(lvm_model, target
     lvm_model.add("vg0", "vol0")
     sync(lvm_model, target_model, "vg0/vol0")
     before = snaps(lvm_model, "vg0")
-    lvm_model.unchanged = True
+    lvm_model.unchanged_all = True
     outcomes, _ = sync(lvm_model, target_model, "vg0/vol0", when=T0 + timedelta(hours=1))
     assert outcomes[0].status == "unchanged" and exit_status(outcomes) == 3
     assert snaps(lvm_model, "vg0") == before
+
+
+def test_a_run_over_many_unchanged_volumes_costs_one_snapshot_and_one_compare_each(
+    lvm_model, target_model
+):
+    """Issue 22: per unchanged volume, a snapshot and its share of one comparison; the VG is
+    listed, compared and cleaned once per run, whatever the number of volumes."""
+    names = [f"vol{i:03d}" for i in range(100)]
+    for n in names:
+        lvm_model.add("vg0", n)
+    sync(lvm_model, target_model, *(f"vg0/{n}" for n in names))
+    lvm_model.unchanged_all = True
+    lvm_model.calls.clear()
+    outcomes, _ = sync(
+        lvm_model, target_model, *(f"vg0/{n}" for n in names), when=T0 + timedelta(hours=1)
+    )
+    assert {o.status for o in outcomes} == {"unchanged"}
+    assert lvm_model.calls == {"listing": 2, "snapshot": 100, "unchanged": 1, "remove": 1}
 
 
 def test_a_dry_run_changes_nothing(lvm_model, target_model):

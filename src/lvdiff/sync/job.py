@@ -124,6 +124,7 @@ class _Run:
         self.held: list[Held] = []  # what the target holds: asked once, kept current
         self.taken: dict[str, lvm.LV] = {}  # this run's snapshots, by VG/LV
         self.started: set[str] = set()  # sources whose send started
+        self.same: dict[str, lvm.LV] = {}  # sources whose snapshot equalled this base: dropped
 
     # -- the run
 
@@ -143,6 +144,7 @@ class _Run:
                 for name in self._live():
                     self._guarded(name, self._resume_pending)
                 self._take_snapshots()
+                self._find_unchanged()
                 for name in self._live():
                     self._guarded(name, self._sync_one)
         except LvdiffError as e:  # the target or the hooks: every source not yet done
@@ -289,25 +291,73 @@ class _Run:
                 self._guarded(n, lambda n, snap=snap: self._snapshot(n, snap))
         finally:
             _hook(job.post_snapshot, "post-snapshot")
+        self._look_up_snapshots()
 
     def _snapshot(self, name: str, snap: str) -> None:
         src = self.sources[name]
         origin = lvm.get_thin(src.vg, src.lv, self._listing(src.vg))
-        lv = self.vols.snapshot(origin, snap, src.tags(self.job.key))
-        self.taken[name] = lv
-        self._listing(src.vg).append(lv)
+        self.vols.snapshot(origin, snap, src.tags(self.job.key))
+        # enough to remove it by, until the VG is listed again
+        self.taken[name] = replace(origin, name=snap, uuid="", thin_id=None, attr="Vri---tz-k")
+
+    def _look_up_snapshots(self) -> None:
+        """List each VG that gained snapshots once, after all of them were taken."""
+        for vg in sorted({lv.vg for lv in self.taken.values()}):
+            names = [n for n, lv in self.taken.items() if lv.vg == vg]
+            try:
+                self.listings[vg] = self.vols.listing(vg)
+                for n in names:
+                    self.taken[n] = lvm.get_thin(vg, self.taken[n].name, self.listings[vg])
+            except LvdiffError as e:
+                for n in names:
+                    self.outcomes[n].fail(e)
+
+    def _base(self, name: str) -> lvm.LV | None:
+        """The newest of this job's snapshots of the source that the target holds, by
+        identity (not this run's)."""
+        src, new = self.sources[name], self.taken.get(name)
+        have = {h.identity for h in self._copies(src) if h.complete and h.identity}
+        common = [s for s in self._snapshots(src) if new is None or s.name != new.name]
+        common = [s for s in common if lineage.source_identity(s) in have]
+        return common[-1] if common else None
+
+    def _find_unchanged(self) -> None:
+        """This run's snapshots identical to their base, removed again: one thin_delta each,
+        one reservation per pool, one lvremove per VG."""
+        if self.job.dry_run:
+            return
+        by_pool: dict[tuple[str, str], dict[str, tuple[lvm.LV, lvm.LV]]] = {}
+        for name in self._live():
+            new, base = self.taken.get(name), self._base(name)
+            if new is not None and base is not None:
+                by_pool.setdefault((new.vg, new.pool), {})[name] = (base, new)
+        for group in by_pool.values():
+            try:
+                same = self.vols.unchanged(list(group.values()))
+            except LvdiffError as e:
+                for name in group:
+                    self.outcomes[name].fail(e)
+                continue
+            for name, (base, new) in group.items():
+                if new.full_name in same:
+                    self.same[name] = base
+        for vg in sorted({self.taken[n].vg for n in self.same}):
+            names = [n for n in self.same if self.taken[n].vg == vg]
+            try:
+                self.vols.remove(*(self.taken[n] for n in names))
+            except LvdiffError as e:
+                for n in names:
+                    self.outcomes[n].fail(e)
+                continue
+            for n in names:
+                self._forget(vg, self.taken.pop(n).name)
 
     def _sync_one(self, name: str) -> None:
         job, src, out = self.job, self.sources[name], self.outcomes[name]
         new = self.taken.get(name)
-        mine = self._snapshots(src)
-        copies = self._copies(src)
-        have = {h.identity for h in copies if h.complete and h.identity}
-        common = [s for s in mine if (new is None or s.name != new.name)]
-        common = [s for s in common if lineage.source_identity(s) in have]
-        base = common[-1] if common else None
+        base = self.same.get(name) or self._base(name)
         out.base = base.name if base else None
-        there = {h.identity: h.name for h in copies if h.complete}
+        there = {h.identity: h.name for h in self._copies(src) if h.complete}
         base_there = there.get(lineage.source_identity(base)) if base else None
         if job.dry_run:
             planned = self.vols.planned(src.vg, src.lv, base.name if base else None)
@@ -322,15 +372,14 @@ class _Run:
             )
             self._prune(name, keep_newest=base.name if base else None)
             return
-        assert new is not None
-        out.snapshot = new.name
-        if base is not None and self._unchanged(src, base, new):
-            self._drop(name)
+        if base is not None and name in self.same:
             # a transfer resumed in this run was work done, even if nothing changed since
-            out.status, out.snapshot = ("synced" if out.resumed else "unchanged"), None
+            out.status = "synced" if out.resumed else "unchanged"
             self.report(Note(f"{src.label} has not changed since {base.name}: nothing to send"))
             self._prune(name, keep_newest=base.name)
             return
+        assert new is not None
+        out.snapshot = new.name
         self.started.add(name)
         got = job.target.receive(
             self._producer(src, new.name, base.name if base else None, None),
@@ -347,10 +396,6 @@ class _Run:
             )
         )
         self._prune(name, keep_newest=new.name)
-
-    def _unchanged(self, src: Source, base: lvm.LV, new: lvm.LV) -> bool:
-        planned = self.vols.planned(src.vg, new.name, base.name)
-        return planned.read_bytes == 0 and planned.zero_bytes == 0 and base.size == new.size
 
     def _producer(self, src: Source, new: str, base: str | None, resume: ResumeToken | None):  # noqa: ANN202
         return Send(self.vols, src.vg, new, base, resume, self.job.check_level, self.job.compress)

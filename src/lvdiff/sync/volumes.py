@@ -33,11 +33,19 @@ class Volumes(Protocol):
         """Every volume of ``vg`` (UsageError if there is no such VG)."""
         ...
 
-    def snapshot(self, origin: lvm.LV, name: str, tags: Sequence[str]) -> lvm.LV:
-        """A new read-only thin snapshot of ``origin``, tagged."""
+    def snapshot(self, origin: lvm.LV, name: str, tags: Sequence[str]) -> None:
+        """A new read-only thin snapshot of ``origin``, tagged; the caller lists its VG
+        again once it has taken them all (one ``lvs``, not one per snapshot)."""
         ...
 
-    def remove(self, lv: lvm.LV) -> None: ...
+    def remove(self, *lvs: lvm.LV) -> None:
+        """Remove ``lvs`` (of one VG), in one command."""
+        ...
+
+    def unchanged(self, pairs: Sequence[tuple[lvm.LV, lvm.LV]]) -> set[str]:
+        """The full names of the NEWs of the (BASE, NEW) pairs that hold what their BASE
+        holds, from the pool's metadata alone (one reservation per pool)."""
+        ...
 
     def send(
         self,
@@ -97,11 +105,16 @@ class LvmVolumes:
     def listing(self, vg: str) -> list[lvm.LV]:
         return lvm.lvs_in_vg(vg)
 
-    def snapshot(self, origin: lvm.LV, name: str, tags: Sequence[str]) -> lvm.LV:
-        return lvm.create_snapshot(origin, name, add_tags=tags, writable=False)
+    def snapshot(self, origin: lvm.LV, name: str, tags: Sequence[str]) -> None:
+        lvm.create_snapshot(origin, name, add_tags=tags, writable=False, look_up=False)
 
-    def remove(self, lv: lvm.LV) -> None:
-        lvm.remove(lv)
+    def remove(self, *lvs: lvm.LV) -> None:
+        lvm.remove(*lvs)
+
+    def unchanged(self, pairs: Sequence[tuple[lvm.LV, lvm.LV]]) -> set[str]:
+        from ..dump import unchanged
+
+        return unchanged(pairs, self.thin_delta)
 
     def send(
         self,

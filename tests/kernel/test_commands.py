@@ -1,0 +1,118 @@
+"""How many external commands each tool starts (issue 22), counted on real LVM.
+
+Every LVM command scans and locks the whole VG (a tenth of a second to seconds
+on a host with hundreds of LVs), so the count is what a large host pays for
+around the data. Wrappers placed first on PATH log each start and exec the
+real command: nothing in lvdiff is trusted to count itself. The targets are
+the issue's; docs/PERFORMANCE.md keeps the figures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+from .lvmrig import BIN, IMAGES, thin_tool, tool, write_at
+
+WRAPPED = ("lvs", "vgs", "lvcreate", "lvchange", "lvremove", "lvresize", "dmsetup", "lvm")
+M = 1 << 20
+
+
+class Counting:
+    """A PATH (and LVDIFF_THIN_DELTA) on which every LVM, device-mapper and thin_delta start
+    is logged."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir()
+        self.log = folder / "log"
+        real = {name: shutil.which(name) for name in WRAPPED}
+        real["thin_delta"] = thin_tool("0.9", "thin_delta")
+        for name, path in real.items():
+            assert path, name
+            script = folder / name
+            script.write_text(f'#!/bin/sh\necho "{name} $*" >> {self.log}\nexec {path} "$@"\n')
+            script.chmod(0o755)
+        self.env = {
+            "PATH": f"{folder}:{os.environ['PATH']}",
+            "LVDIFF_THIN_DELTA": str(folder / "thin_delta"),
+        }
+
+    def take(self) -> list[str]:
+        """The commands started since the last take."""
+        lines = self.log.read_text().splitlines() if self.log.exists() else []
+        self.log.unlink(missing_ok=True)
+        return lines
+
+
+def by_name(lines: list[str]) -> dict[str, int]:
+    return dict(Counter(line.split()[0] for line in lines))
+
+
+def lvsync(counting: Counting, *args: str) -> dict:
+    proc = subprocess.run(
+        [str(BIN / "lvsync"), "--json", *args],
+        env={**os.environ, **counting.env},
+        capture_output=True,
+        check=False,
+    )
+    assert proc.returncode in (0, 3), proc.stderr.decode()
+    return json.loads(proc.stdout)
+
+
+def test_commands_started_per_run_stay_within_the_targets(loop_vg, tmp_path):
+    counting = Counting(tmp_path / "bin")
+    src = loop_vg(256)
+    src.pool("pool", size_mb=160)
+    dst = loop_vg(256)
+    dst.pool("pool", size_mb=160)
+    vols = ["a", "b", "c"]
+    for v in vols:
+        write_at(src.thin(v, 16), 0, os.urandom(M))
+    src.snapshot("a", "s1", activate=False)
+    write_at(src.dev("a"), 4 * M, os.urandom(M))
+    src.snapshot("a", "s2", activate=False)
+    counts: dict[str, list[str]] = {}
+
+    def lvdiff(label: str, *args: str, out: Path) -> None:
+        res = tool("lvdiff", "-g", src.name, *args, stdout_file=out, env=counting.env)
+        assert res.returncode == 0, res.stderr.decode()
+        counts[label] = counting.take()
+
+    lvdiff("lvdiff first run (thin_delta --version)", "s1", "s2", out=IMAGES / "inc0")
+    lvdiff("lvdiff incremental, two inactive snapshots", "s1", "s2", out=IMAGES / "inc")
+    lvdiff("lvdiff full, an inactive snapshot", "s1", out=IMAGES / "full")
+    lvdiff("lvdiff full, an active writable volume", "b", out=IMAGES / "live")
+    for label, stream, args in (
+        ("lvpatch full", "full", ("s1",)),
+        ("lvpatch incremental", "inc", ("-l", "s1", "s2")),
+    ):
+        res = tool("lvpatch", "-g", dst.name, *args, stdin_file=IMAGES / stream, env=counting.env)
+        assert res.returncode == 0, res.stderr.decode()
+        counts[label] = counting.take()
+
+    target = dst.name
+    out = lvsync(counting, *(f"{src.name}/{v}" for v in vols), target)
+    assert {o["status"] for o in out["outcomes"]} == {"synced"}, out
+    counts["lvsync 3 volumes, first run (full)"] = counting.take()
+    write_at(src.dev("a"), 8 * M, os.urandom(M))
+    lvsync(counting, *(f"{src.name}/{v}" for v in vols), target)
+    counts["lvsync 3 volumes, one changed"] = counting.take()
+    lvsync(counting, f"{src.name}/a", target)
+    one = counts["lvsync 1 volume, unchanged"] = counting.take()
+    out = lvsync(counting, *(f"{src.name}/{v}" for v in vols), target)
+    assert {o["status"] for o in out["outcomes"]} == {"unchanged"}, out
+    three = counts["lvsync 3 volumes, unchanged"] = counting.take()
+
+    report = "\n".join(
+        f"{len(lines):4d}  {label}: {by_name(lines)}" for label, lines in counts.items()
+    )
+    print("\nexternal commands started\n" + report)
+    (IMAGES / "commands.txt").write_text(report + "\n")
+    assert len(counts["lvdiff incremental, two inactive snapshots"]) <= 7, report
+    per_volume = (len(three) - len(one)) / 2
+    assert per_volume <= 4, report
+    assert len(counts["lvpatch incremental"]) <= 6, report
