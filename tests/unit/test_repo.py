@@ -267,3 +267,22 @@ def test_the_config_and_manifests_are_versioned(tmp_path):
         Repository.open(repo.store, lambda c: repo.keys)
     with pytest.raises(UsageError, match="already holds"):
         Repository.create(repo.store, new_keys("none"), CHUNK)
+
+
+def test_a_restore_hands_on_stored_frames_and_verify_still_checks_every_id(tmp_path):
+    """An encrypted chunk's AEAD tag vouches for it on restore: its stored zstd frame goes
+    into the stream as it is (decoded once, by lvpatch's engine); ``verify`` recomputes
+    each chunk's keyed id, so even a chunk a key holder sealed under a wrong name is found."""
+    repo = make_repo(tmp_path)
+    text = b"".join(b"line %d of a compressible volume\n" % i for i in range(70000))[: 2 * M]
+    (point,) = put_chain(repo, [text])
+    out = io.BytesIO()
+    write_stream(repo, point, out, zstd_level=None)
+    assert len(out.getvalue()) < len(text) // 2  # the stored frames, not the content
+    assert image_of(repo, point, tmp_path) == text
+    entry = next(e for e in repo.slots(point) if e != fmt.ZERO_SLOT)
+    name = fmt.data_name(entry)
+    wrong = repo.keys.seal(fmt.KIND_DATA, name.encode(), bytes(CHUNK))
+    (tmp_path / "repo" / name).write_bytes(wrong)
+    checked = verify(repo, point)
+    assert not checked.ok and any("content its id names" in d for d in checked.damaged)

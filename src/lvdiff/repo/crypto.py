@@ -288,6 +288,52 @@ class Keys:
         is the only one that catches a changed byte of a raw payload, so callers pass
         the id wherever the name is one. Thread-safe.
         """
+        payload, flags, plain_len = self._unseal(kind, name, obj)
+        if flags & Flag.ZSTD:
+            plaintext = _decompress(name, payload, plain_len)
+        elif len(payload) != plain_len:
+            raise _damaged(name, f"holds {len(payload)} bytes, its header says {plain_len}")
+        else:
+            plaintext = payload if isinstance(payload, bytes) else bytes(payload)
+        if expect_id is not None and not hmac.compare_digest(self.chunk_id(plaintext), expect_id):
+            raise _damaged(name, "does not hold the content its id names")
+        return plaintext
+
+    def open_frame(
+        self, kind: int, name: bytes, obj: bytes | memoryview, expect_id: bytes
+    ) -> tuple[bytes | memoryview, bool]:
+        """An encrypted object's payload as stored: (its zstd frame, True) or (its
+        plaintext, False), after the checks that need no decoding; for a restore, which
+        hands the frame on to lvpatch's decoder instead of decoding it twice.
+
+        The AEAD tag already proves the payload is what a key holder sealed under this
+        name, and the name is the content's keyed id, so recomputing the id proves
+        nothing more against anyone without the key (borg 2 reasons the same way for its
+        AEAD modes); ``verify`` still recomputes it. The frame's extent and declared
+        size are checked here, and the decoder refuses any other output length and a
+        wrong zstd checksum. An unencrypted repository has no tag: its objects go
+        through :meth:`open`, every check included.
+        """
+        if not self.encrypted:
+            return self.open(kind, name, obj, expect_id), False
+        payload, flags, plain_len = self._unseal(kind, name, obj)
+        if not flags & Flag.ZSTD:
+            if len(payload) != plain_len:
+                raise _damaged(name, f"holds {len(payload)} bytes, its header says {plain_len}")
+            return payload, False
+        try:
+            extent = zstd_frame_extent(payload, plain_len)
+        except ValueError as e:
+            raise _damaged(name, f"has a bad zstd frame: {e}") from None
+        if extent != len(payload):
+            raise _damaged(name, f"has {len(payload) - extent} bytes after its zstd frame")
+        return payload, True
+
+    def _unseal(
+        self, kind: int, name: bytes, obj: bytes | memoryview
+    ) -> tuple[bytes | memoryview, int, int]:
+        """The payload (decrypted and authenticated when encrypted), flags and plain_len,
+        after every check of the header."""
         kind = Kind(kind)
         view = memoryview(obj).cast("B")
         if view.nbytes < HEADER.size:
@@ -330,15 +376,7 @@ class Keys:
                     name,
                     "failed authentication: altered, damaged, or stored under another name",
                 ) from None
-        if flags & Flag.ZSTD:
-            plaintext = _decompress(name, payload, plain_len)
-        elif len(payload) != plain_len:
-            raise _damaged(name, f"holds {len(payload)} bytes, its header says {plain_len}")
-        else:
-            plaintext = payload if isinstance(payload, bytes) else bytes(payload)
-        if expect_id is not None and not hmac.compare_digest(self.chunk_id(plaintext), expect_id):
-            raise _damaged(name, "does not hold the content its id names")
-        return plaintext
+        return payload, flags, plain_len
 
     def key_check(self) -> str:
         """A value for the repository's plaintext config, proving a key file is its own.

@@ -27,6 +27,7 @@ from ..errors import UsageError
 from ..events import Progress, Reporter, ignore
 from ..stream import Header, StreamDigest, StreamWriter, VolumeRef, data_record, encode_zero
 from ..stream.header import StreamKind
+from ..stream.records import compressed_data_record
 from . import format as fmt
 from .repository import Repository
 
@@ -125,10 +126,15 @@ def write_stream(
 def _record(
     repo: Repository, entry: bytes, offset: int, length: int, level: int | None
 ) -> tuple[bytes, bytes | memoryview]:
-    content = repo.read_chunk(entry)  # every check, before anything is written
-    if len(content) != length:
-        raise UsageError(f"chunk {entry.hex()} holds {len(content)} bytes, its slot {length}")
-    return data_record(offset, content, level)
+    """A chunk's DATA record: its stored zstd frame as the record's payload where the
+    repository hands it on (encrypted: the AEAD tag vouches for it), else its checked
+    content, raw when it was stored raw (zstd found nothing to gain when it was stored)."""
+    payload, framed = repo.read_chunk_frame(entry)  # checked before anything is written
+    if framed:
+        return compressed_data_record(offset, length, payload)
+    if len(payload) != length:
+        raise UsageError(f"chunk {entry.hex()} holds {len(payload)} bytes, its slot {length}")
+    return data_record(offset, payload, level)
 
 
 def _changes(

@@ -192,6 +192,12 @@ class Repository:
         name = fmt.data_name(chunk_id)
         return self.keys.open(fmt.KIND_DATA, name.encode(), self.store.get(name), chunk_id)
 
+    def read_chunk_frame(self, chunk_id: bytes) -> tuple[bytes | memoryview, bool]:
+        """A chunk for a stream: (its stored zstd frame, True) or (its content, False),
+        after the checks :meth:`lvdiff.repo.crypto.Keys.open_frame` names."""
+        name = fmt.data_name(chunk_id)
+        return self.keys.open_frame(fmt.KIND_DATA, name.encode(), self.store.get(name), chunk_id)
+
     # -- garbage collection
 
     def condemned_lists(self) -> list[Condemned]:

@@ -241,6 +241,18 @@ def data_record(
     return record_header(RecordType.DATA, flags, payload, offset, length), payload
 
 
+def compressed_data_record(
+    offset: int, length: int, frame: bytes | memoryview
+) -> tuple[bytes, bytes | memoryview]:
+    """A DATA record of ``length`` bytes at ``offset`` whose payload is ``frame``, a zstd
+    frame made elsewhere (a repository's stored chunk): framed as it is, not compressed
+    again. The reader checks it as any other: its extent, declared size and output."""
+    _check_range(offset, length)
+    if length > MAX_DATA_LEN:
+        raise ValueError(f"DATA record of {length} bytes exceeds MAX_DATA_LEN ({MAX_DATA_LEN})")
+    return record_header(RecordType.DATA, RecordFlag.ZSTD, frame, offset, length), frame
+
+
 def encode_zero(offset: int, length: int) -> bytes:
     """Complete ZERO record bytes: ``[offset, offset+length)`` reads as zeros."""
     _check_range(offset, length)
