@@ -47,6 +47,7 @@ class DumpOptions:
     zstd_level: int | None = 3
     resume: ResumeToken | None = None  # re-send only what lies past an lvpatch's durable point
     dry_run: bool = False  # find what would be sent, read no data, write nothing
+    compared: Compared | None = None  # thin_delta's ranges for this pair, taken already
 
 
 @dataclass
@@ -195,9 +196,22 @@ def prepare(
                     f"{shown.full_name} reads unprovisioned blocks from an external origin; "
                     "lvdiff can only copy volumes whose data is all in the pool"
                 )
+        planned = PlanTotals()
+        resume = opt.resume.offset if opt.resume else None
+        earlier = opt.compared
+        if earlier and earlier.matches(src_new, src_base):
+            ranges = stack.enter_context(earlier.ranges)  # no second reservation
+            if earlier.chunk_bytes != chunk:
+                raise LvdiffError(
+                    f"thin_delta reports {earlier.chunk_bytes}-byte chunks, lvs {chunk}"
+                )
+            counted = plan(iter(ranges), chunk, new_lv.size, _size(base_lv))
+            for _ in planned.count(skip_before(counted, resume) if resume else counted):
+                pass
+            yield Prepared(vg, pool_lv, new_lv, base_lv, src_new, src_base, ranges, planned, stack)
+            return
         snap1 = src_base.thin_id if src_base else src_new.thin_id
         assert snap1 is not None and src_new.thin_id is not None
-        planned = PlanTotals()
         with (
             locks.metadata_snapshot(vg, pool_name, report) as meta_dev,
             thin_delta(opt.thin_delta, meta_dev, snap1, src_new.thin_id) as delta,
@@ -209,45 +223,82 @@ def prepare(
             ranges = stack.enter_context(RangeSpool())
             # one pass: spool the ranges and count what the plan will read
             counted = plan(ranges.keep(delta.ranges()), chunk, new_lv.size, _size(base_lv))
-            resume = opt.resume.offset if opt.resume else None
             for _ in planned.count(skip_before(counted, resume) if resume else counted):
                 pass
         yield Prepared(vg, pool_lv, new_lv, base_lv, src_new, src_base, ranges, planned, stack)
 
 
-def unchanged(
+@dataclass
+class Compared:
+    """thin_delta's ranges between exactly these BASE and NEW, spooled while one
+    reservation of their pool's metadata snapshot was held: enough to say whether NEW
+    changed, and, for a send that follows, to spare it reserving and running thin_delta
+    again (both are read-only snapshots: the ranges cannot go stale)."""
+
+    base: lvm.LV
+    new: lvm.LV
+    ranges: RangeSpool
+    chunk_bytes: int
+    same: bool  # nothing but shared blocks, and one size
+
+    def matches(self, new: lvm.LV, base: lvm.LV | None) -> bool:
+        """Whether these are the very volumes compared, and neither can have changed."""
+        return (
+            base is not None
+            and (self.new.uuid, self.base.uuid) == (new.uuid, base.uuid)
+            and not (new.writable or base.writable)
+        )
+
+
+def compare(
     pairs: Sequence[tuple[lvm.LV, lvm.LV]],
     thin_delta_tool: str = "thin_delta",
     report: Reporter = ignore,
-) -> set[str]:
-    """Which of the (BASE, NEW) thin volume pairs hold the same data: NEW's full name
-    where thin_delta reports nothing but shared blocks and the sizes agree.
+) -> dict[str, Compared]:
+    """thin_delta between each (BASE, NEW) pair of thin volumes, by NEW's full name.
 
     From the pool's metadata alone, one reservation per pool for every pair in
     it: nothing is activated or read, so a nightly run over many volumes in
-    which little changed pays one thin_delta per volume.
+    which little changed pays one thin_delta per volume, and a volume that did
+    change is sent from these ranges without a reservation of its own.  The
+    caller closes each result's ``ranges`` (``dump`` does, when given one).
     """
     by_pool: dict[tuple[str, str], list[tuple[lvm.LV, lvm.LV]]] = {}
     for base, new in pairs:
-        if base.size == new.size and (base.vg, base.pool) == (new.vg, new.pool):
+        if (base.vg, base.pool) == (new.vg, new.pool):
             by_pool.setdefault((new.vg, new.pool), []).append((base, new))
     if not by_pool:
-        return set()
+        return {}
     check_thin_delta(thin_delta_tool)
-    same = set()
-    for (vg, pool), group in by_pool.items():
-        with (
-            locks.pool_lock(vg, pool, report),
-            locks.metadata_snapshot(vg, pool, report) as meta_dev,
-        ):
-            for base, new in group:
-                assert base.thin_id is not None and new.thin_id is not None
-                with thin_delta(thin_delta_tool, meta_dev, base.thin_id, new.thin_id) as delta:
-                    # read to the end: an early stop would leave thin_delta's output buffered
-                    shared = not sum(1 for r in delta.ranges() if r.kind is not Delta.SAME)
-                if shared:
-                    same.add(new.full_name)
-    return same
+    found: dict[str, Compared] = {}
+    try:
+        for (vg, pool), group in by_pool.items():
+            with (
+                locks.pool_lock(vg, pool, report),
+                locks.metadata_snapshot(vg, pool, report) as meta_dev,
+            ):
+                for base, new in group:
+                    assert base.thin_id is not None and new.thin_id is not None
+                    spool = RangeSpool()
+                    try:
+                        with thin_delta(
+                            thin_delta_tool, meta_dev, base.thin_id, new.thin_id
+                        ) as delta:
+                            kept = spool.keep(delta.ranges())
+                            differs = sum(1 for r in kept if r.kind is not Delta.SAME)
+                            sb = delta.superblock
+                            assert sb is not None
+                    except BaseException:
+                        spool.close()
+                        raise
+                    found[new.full_name] = Compared(
+                        base, new, spool, sb.chunk_bytes, not differs and base.size == new.size
+                    )
+    except BaseException:
+        for c in found.values():
+            c.ranges.close()
+        raise
+    return found
 
 
 def _size(lv: lvm.LV | None) -> int | None:

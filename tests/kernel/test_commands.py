@@ -91,6 +91,10 @@ def test_commands_started_per_run_stay_within_the_targets(loop_vg, tmp_path):
     out = lvsync(counting, *(f"{src.name}/{v}" for v in vols), dst.name)
     assert {o["status"] for o in out["jobs"][0]["volumes"]} == {"unchanged"}, out
     two = counts["lvsync, 2 volumes, nothing changed"] = counting.take()
+    write_at(src.dev("b"), 4 * M, os.urandom(M // 4))
+    out = lvsync(counting, *(f"{src.name}/{v}" for v in vols), dst.name)
+    assert [o["status"] for o in out["jobs"][0]["volumes"]] == ["unchanged", "synced"], out
+    changed = counts["lvsync, 2 volumes, one changed"] = counting.take()
 
     report = "\n".join(
         f"{len(lines):4d}  {label}: {by_name(lines)}" for label, lines in counts.items()
@@ -100,3 +104,6 @@ def test_commands_started_per_run_stay_within_the_targets(loop_vg, tmp_path):
     assert len(incremental) <= 7, report
     assert by_name(incremental)["lvchange"] == 2, report  # both on, both off: one command each
     assert len(two) - len(one) <= 4, report  # what one more unchanged volume costs
+    # one reservation of the source pool's metadata snapshot for the whole run: the changed
+    # volume is sent from the ranges its comparison spooled
+    assert by_name(changed)["dmsetup"] == 3 and by_name(changed)["thin_delta"] == 2, report

@@ -126,7 +126,8 @@ def prepare_once(tool: str, base: str | None = "s1", new: str = "s2") -> None:
 
 
 def starts(rec: Recorder, log: Path) -> list[str]:
-    thin = ["thin_delta " + line.split()[0] for line in log.read_text().splitlines()]
+    lines = log.read_text().splitlines() if log.exists() else []
+    thin = ["thin_delta " + line.split()[0] for line in lines]
     return rec.named() + thin
 
 
@@ -191,3 +192,23 @@ def test_an_external_origin_is_read_from_sysfs_without_a_command(machine):
     (slaves / "loop7").mkdir()  # an origin that is no device-mapper device
     assert lvm.external_origin(lv) == "loop7"
     assert rec.calls == []
+
+
+def test_a_send_after_lvsyncs_comparison_reserves_nothing_again(machine):
+    """lvsync compares every pair under one reservation per pool; a changed pair is then
+    sent from those ranges: no dmsetup message, no thin_delta of its own."""
+    rec, tool, log = machine
+    s1, s2 = lvm.lvs("vg/s1")[0], lvm.lvs("vg/s2")[0]
+    found = dump.compare([(s1, s2)], tool)
+    assert not found["vg/s2"].same  # the recorded delta has changed ranges
+    rec.calls.clear()
+    log.unlink()
+    options = dump.DumpOptions(thin_delta=tool, compared=found["vg/s2"])
+    with dump.prepare(("vg", "s2"), ("vg", "s1"), options=options) as p:
+        assert p.ranges.count == 4 and p.planned.read_bytes > 0
+    assert starts(rec, log) == ["lvs", "lvchange", "lvchange"]
+    # a pair that is not the one compared is not sent from its ranges
+    rec.calls.clear()
+    with dump.prepare(("vg", "s1"), ("vg", "s2"), options=dump.DumpOptions(thin_delta=tool)):
+        pass
+    assert "thin_delta -m" in starts(rec, log)

@@ -101,6 +101,8 @@ class LvmVolumes:
 
     def __init__(self, thin_delta: str = "thin_delta") -> None:
         self.thin_delta = thin_delta
+        # thin_delta's ranges of the pairs that did change, for their sends: (vg, new, base)
+        self._compared: dict[tuple[str, str, str], Any] = {}
 
     def listing(self, vg: str) -> list[lvm.LV]:
         return lvm.lvs_in_vg(vg)
@@ -112,9 +114,16 @@ class LvmVolumes:
         lvm.remove(*lvs)
 
     def unchanged(self, pairs: Sequence[tuple[lvm.LV, lvm.LV]]) -> set[str]:
-        from ..dump import unchanged
+        from ..dump import compare
 
-        return unchanged(pairs, self.thin_delta)
+        same = set()
+        for name, c in compare(pairs, self.thin_delta).items():
+            if c.same:
+                same.add(name)
+                c.ranges.close()
+            else:  # its send starts from these ranges: no second reservation
+                self._compared[(c.new.vg, c.new.name, c.base.name)] = c
+        return same
 
     def send(
         self,
@@ -128,8 +137,13 @@ class LvmVolumes:
     ) -> Sent:
         from ..dump import DumpOptions, dump
 
+        compared = self._compared.pop((vg, new, base), None) if base else None
         opts = DumpOptions(
-            level=level, thin_delta=self.thin_delta, zstd_level=compress, resume=resume
+            level=level,
+            thin_delta=self.thin_delta,
+            zstd_level=compress,
+            resume=resume,
+            compared=compared,
         )
         return dump((vg, new), (vg, base) if base else None, out, options=opts)
 
@@ -143,7 +157,8 @@ class LvmVolumes:
     def prepare(self, vg: str, new: str, base: str | None) -> AbstractContextManager[Any]:
         from ..dump import DumpOptions, prepare
 
-        opts = DumpOptions(level=0, thin_delta=self.thin_delta)
+        compared = self._compared.pop((vg, new, base), None) if base else None
+        opts = DumpOptions(level=0, thin_delta=self.thin_delta, compared=compared)
         return prepare((vg, new), (vg, base) if base else None, options=opts)
 
     def job_lock(self, key: str) -> AbstractContextManager[bool]:
