@@ -815,28 +815,22 @@ def _cpu() -> str:
     return platform.processor()
 
 
+CHILDREN = {  # bench.py _NAME ARGS...: one measured side, in a process of its own
+    "_dump": child_dump,
+    "_patch": child_patch,
+    "_s3_make": child_s3_make,
+    "_s3_restore": child_s3_restore,
+    "_s3_upload": child_s3_upload,
+    "_s3_download": child_s3_download,
+    "_repo_make": child_repo_make,
+    "_repo_restore": child_repo_restore,
+    "_repo_changed": child_repo_changed,
+    "_preads": child_preads,
+    "_mix": lambda path, size: make_source(Path(path), int(size)),
+}
+
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "_dump":
-        child_dump(*sys.argv[2:])
-    elif len(sys.argv) > 1 and sys.argv[1] == "_patch":
-        child_patch(*sys.argv[2:])
-    elif len(sys.argv) > 1 and sys.argv[1] == "_s3_make":
-        child_s3_make(*sys.argv[2:])
-    elif len(sys.argv) > 1 and sys.argv[1] == "_s3_restore":
-        child_s3_restore(*sys.argv[2:])
-    elif len(sys.argv) > 1 and sys.argv[1] == "_s3_upload":
-        child_s3_upload(*sys.argv[2:])
-    elif len(sys.argv) > 1 and sys.argv[1] == "_s3_download":
-        child_s3_download(*sys.argv[2:])
-    elif len(sys.argv) > 1 and sys.argv[1] == "_repo_make":
-        child_repo_make(*sys.argv[2:])
-    elif len(sys.argv) > 1 and sys.argv[1] == "_repo_restore":
-        child_repo_restore(*sys.argv[2:])
-    elif len(sys.argv) > 1 and sys.argv[1] == "_repo_changed":
-        child_repo_changed(*sys.argv[2:])
-    elif len(sys.argv) > 1 and sys.argv[1] == "_preads":
-        child_preads(*sys.argv[2:])
-    elif len(sys.argv) > 1 and sys.argv[1] == "_mix":
-        make_source(Path(sys.argv[2]), int(sys.argv[3]))
+    if len(sys.argv) > 1 and sys.argv[1] in CHILDREN:
+        CHILDREN[sys.argv[1]](*sys.argv[2:])
     else:
         sys.exit(main())

@@ -63,10 +63,13 @@ lvcreate -q -s -n new lvdcount/lv1 >/dev/null 2>&1
 counted "lvdiff BASE NEW (two inactive snapshots)" lvdiff lvdcount/base lvdcount/new
 counted "lvdiff BASE NEW, again" lvdiff lvdcount/base lvdcount/new
 counted "lvdiff NEW (full)" lvdiff lvdcount/new
+counted "lvdiff of an active writable volume (full)" lvdiff lvdcount/lv3
 lvdiff lvdcount/new >"$img/full.lvd" 2>/dev/null
-counted "lvpatch (full)" bash -c "lvpatch -g lvdcountdst -p pool restored < $img/full.lvd"
+counted "lvpatch (full)" lvpatch -g lvdcountdst -p pool -i "$img/full.lvd" restored
 counted "lvsync, 1 volume, first run (full)" lvsync lvdcount/lv1 lvdcountdst
 counted "lvsync, 1 volume, nothing changed" lvsync lvdcount/lv1 lvdcountdst
+dd if=/dev/urandom of=/dev/lvdcount/lv1 bs=64k count=1 seek=2 conv=fsync status=none
+counted "lvsync, 1 volume, changed (incremental)" lvsync lvdcount/lv1 lvdcountdst
 counted "lvsync, $volumes volumes, first run (full)" lvsync "${sources[@]}" lvdcountdst
 counted "lvsync, $volumes volumes, nothing changed" lvsync "${sources[@]}" lvdcountdst
 dd if=/dev/urandom of=/dev/lvdcount/lv2 bs=64k count=1 conv=fsync status=none

@@ -169,6 +169,16 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return dctx
 
 
+def _check_frame(name: bytes, frame: bytes | memoryview, plain_len: int) -> None:
+    """The zstd frame is all of ``frame`` and declares ``plain_len`` bytes (or nothing)."""
+    try:
+        extent = zstd_frame_extent(frame, plain_len)
+    except ValueError as e:
+        raise _damaged(name, f"has a bad zstd frame: {e}") from None
+    if extent != len(frame):
+        raise _damaged(name, f"has {len(frame) - extent} bytes after its zstd frame")
+
+
 def _decompress(name: bytes, frame: bytes | memoryview, plain_len: int) -> bytes:
     """Exactly ``plain_len`` bytes from the zstd frame that must be all of ``frame``.
 
@@ -178,12 +188,7 @@ def _decompress(name: bytes, frame: bytes | memoryview, plain_len: int) -> bytes
     nothing is decoded into at most ``plain_len + 1`` bytes, so one that expands
     further fails there instead of filling memory.
     """
-    try:
-        extent = zstd_frame_extent(frame, plain_len)
-    except ValueError as e:
-        raise _damaged(name, f"has a bad zstd frame: {e}") from None
-    if extent != len(frame):
-        raise _damaged(name, f"has {len(frame) - extent} bytes after its zstd frame")
+    _check_frame(name, frame, plain_len)
     try:
         out = _decompressor().decompress(frame, max_output_size=plain_len + 1)
     except zstandard.ZstdError as e:
@@ -321,12 +326,7 @@ class Keys:
             if len(payload) != plain_len:
                 raise _damaged(name, f"holds {len(payload)} bytes, its header says {plain_len}")
             return payload, False
-        try:
-            extent = zstd_frame_extent(payload, plain_len)
-        except ValueError as e:
-            raise _damaged(name, f"has a bad zstd frame: {e}") from None
-        if extent != len(payload):
-            raise _damaged(name, f"has {len(payload) - extent} bytes after its zstd frame")
+        _check_frame(name, payload, plain_len)
         return payload, True
 
     def _unseal(
