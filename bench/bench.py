@@ -10,7 +10,8 @@ same run on the same bytes (ours / theirs: higher is better), with MiB/s.
 Caches are dropped before every timed run when we are root, so both sides
 read from the disk.  Nothing here asserts a time: it prints figures.
 
-usage: bench.py [--size MIB] [--ranges N] [--quick] [--json FILE] [--dir DIR]
+usage: bench.py [--size MIB] [--ranges N] [--quick] [--json FILE] [--dir DIR] [--s3]
+                [--only pipelines,scale,repository,s3]
 """
 
 from __future__ import annotations
@@ -771,7 +772,15 @@ def main() -> int:
     ap.add_argument(
         "--s3", action="store_true", help="also the repository on a real radosgw on loopback"
     )
+    ap.add_argument(
+        "--only",
+        metavar="SECTIONS",
+        help="only these, comma-separated: pipelines, scale, repository, s3",
+    )
     args = ap.parse_args()
+    only = set(args.only.split(",")) if args.only else {"pipelines", "scale", "repository"}
+    if args.s3:
+        only.add("s3")
     global COLD
     COLD = not args.warm
     if args.quick:
@@ -789,10 +798,18 @@ def main() -> int:
                 "python": platform.python_version(),
             },
             "cold_cache": COLD and os.geteuid() == 0,
-            "pipelines": pipelines(work, args.size * M, args.workers),
-            "scale": scale(work, args.ranges, args.changed * M, args.workers),
-            "repository": repository(work, args.size * M, args.changed * M, args.workers),
-            "s3": s3_figures(work, args.size * M, args.workers) if args.s3 else [],
+            "pipelines": (
+                pipelines(work, args.size * M, args.workers) if "pipelines" in only else []
+            ),
+            "scale": (
+                scale(work, args.ranges, args.changed * M, args.workers) if "scale" in only else []
+            ),
+            "repository": (
+                repository(work, args.size * M, args.changed * M, args.workers)
+                if "repository" in only
+                else []
+            ),
+            "s3": s3_figures(work, args.size * M, args.workers) if "s3" in only else [],
         }
     finally:
         for p in work.iterdir():
