@@ -137,11 +137,12 @@ def test_full_then_incremental_chain_bit_exact(loop_vg):
         snap = f"s{step}"
         src.snapshot("vol", snap)
         args = ["-d", level, *(f"{src.name}/{v}" for v in (prev, snap) if v)]
-        # the dry run says exactly what the real run then reads and sends
-        res = tool("lvdiff", "-n", "--json", *args)
-        assert res.returncode == 0, res.stderr.decode()
-        dry = json.loads(res.stdout)
-        assert dry["dry_run"] is True and dry["stream_digest"] is None
+        dry = None
+        if step in (1, 3):  # the dry run says exactly what the real run then reads and sends
+            res = tool("lvdiff", "-n", "--json", *args)
+            assert res.returncode == 0, res.stderr.decode()
+            dry = json.loads(res.stdout)
+            assert dry["dry_run"] is True and dry["stream_digest"] is None
         streams = {}
         for generation in ("0.9", "1.1"):
             streams[generation] = IMAGES / f"{snap}-{generation}.lvd"
@@ -155,11 +156,12 @@ def test_full_then_incremental_chain_bit_exact(loop_vg):
             )
             assert res.returncode == 0, res.stderr.decode()
             sent = json.loads(summary.read_text())
-            assert sent["bytes_to_read"] == dry["bytes_to_read"]
-            assert sent["bytes_as_zero"] == dry["bytes_as_zero"]
             assert sent["bytes"]["data"] + sent["bytes"]["zero"] == (
-                dry["bytes_to_read"] + dry["bytes_as_zero"]
+                sent["bytes_to_read"] + sent["bytes_as_zero"]
             )
+            if dry is not None:
+                assert sent["bytes_to_read"] == dry["bytes_to_read"]
+                assert sent["bytes_as_zero"] == dry["bytes_as_zero"]
         assert records(streams["0.9"]) == records(streams["1.1"]), f"step {step}"
         applied = streams[("0.9", "1.1")[step % 2]]
         where = ["-p", "pool"] if prev is None else ["-l", prev]
@@ -231,7 +233,7 @@ def lvpatch_fails(dst, data: bytes, code: int, *extra: str) -> str:
 def test_damaged_streams_refused_with_nothing_left(pair):
     src, dst, stream = pair
     data = stream.read_bytes()
-    for cut in (len(data) // 2, len(data) - 1, len(data) - 100):
+    for cut in (len(data) // 2, len(data) - 1):  # every cut: test_damaged_streams.py
         lvpatch_fails(dst, data[:cut], 3)
     flipped = bytearray(data)
     flipped[len(data) // 2] ^= 0x10
