@@ -43,6 +43,7 @@ from lvdiff.stream import (
     StreamWriter,
     Totals,
     VolumeRef,
+    data_record,
     encode_data,
     encode_zero,
     escape_for_terminal,
@@ -233,6 +234,41 @@ def test_short_reads_from_a_pipe(small_stream: tuple[bytes, list[bytes]]) -> Non
         reader = StreamReader(Trickle(data, seed))
         assert list(reader) == expected(SMALL_RECORDS)
         assert reader.digest == stream_digest(data)
+
+
+def test_a_stream_cut_inside_a_payload_read_from_a_real_pipe_is_truncated() -> None:
+    """A payload bigger than a pipe's capacity arrives in pieces (read into one buffer);
+    cut inside it, the reader says the stream is truncated, whatever reads it (raw,
+    buffered, or hashing the file as lvpatch does by default)."""
+    from lvdiff.stream.digest import Digest, HashingReader
+
+    payload = random.Random(3).randbytes(3 << 20)  # incompressible: stored as it is
+    out = io.BytesIO()
+    w = StreamWriter(out, make_header(volume_size=4 << 20))
+    w.write_record(*data_record(0, payload, 3))
+    w.close()
+    data = out.getvalue()
+    for cut in (len(data) // 2, len(data) - 40):
+        for wrap in (
+            lambda f: f,
+            lambda f: io.BufferedReader(f),
+            lambda f: HashingReader(io.BufferedReader(f), Digest("sha256")),
+        ):
+            r, wfd = os.pipe()
+            feeder = concurrent.futures.ThreadPoolExecutor(1).submit(
+                lambda wfd=wfd, cut=cut: (os.write(wfd, data[:cut]), os.close(wfd))
+            )
+            with open(r, "rb", buffering=0) as raw, pytest.raises(TruncatedStream):
+                list(StreamReader(wrap(raw)))
+            feeder.result()
+    r, wfd = os.pipe()
+    feeder = concurrent.futures.ThreadPoolExecutor(1).submit(
+        lambda: (os.write(wfd, data), os.close(wfd))
+    )
+    with open(r, "rb", buffering=0) as raw:
+        records = list(StreamReader(raw))
+    feeder.result()
+    assert bytes(records[0].data) == payload
 
 
 names = st.from_regex(r"[A-Za-z0-9+_.][A-Za-z0-9+_.-]{0,30}", fullmatch=True).filter(
