@@ -191,18 +191,24 @@ def test_two_writers_at_once_and_a_prune_lose_nothing(s3, env, tmp_path):
     assert {o.name for o in data} == named  # stored once, and nothing unnamed left
 
 
+def put_started(spec: str, source: str, env: dict, head: bytes) -> subprocess.Popen:
+    """`lvrepo put` running, fed the first part of a stream (its stdin left open)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", MAIN.format("lvrepo_main"), "put", spec, "--source", source],
+        stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    assert proc.stdin is not None
+    proc.stdin.write(head)
+    proc.stdin.flush()
+    return proc
+
+
 def test_a_run_killed_mid_upload_leaves_no_point_and_the_rerun_completes(s3, env, tmp_path):
     spec = location(s3)
     repo = new_repo(spec)
     vol = random.Random(4).randbytes(32 * M)
     data = stream_between(None, vol, "", "big", level=0, zstd_level=None)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", MAIN.format("lvrepo_main"), "put", spec, "--source", "vgA/big"],
-        stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-    )  # fmt: skip
-    assert proc.stdin is not None
-    proc.stdin.write(data[: len(data) // 2])
-    proc.stdin.flush()
+    proc = put_started(spec, "vgA/big", env, data[: len(data) // 2])
     deadline = time.monotonic() + 60
     while sum(1 for _ in repo.store.list("data/")) < 8 and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -223,13 +229,7 @@ def test_radosgw_stopped_mid_run_is_transient_and_the_rerun_succeeds(s3, env, tm
     new_repo(spec)
     vol = random.Random(5).randbytes(48 * M)
     data = stream_between(None, vol, "", "gone", level=0, zstd_level=None)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", MAIN.format("lvrepo_main"), "put", spec, "--source", "vgA/x"],
-        stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-    )  # fmt: skip
-    assert proc.stdin is not None
-    proc.stdin.write(data[: len(data) // 3])
-    proc.stdin.flush()
+    proc = put_started(spec, "vgA/x", env, data[: len(data) // 3])
     time.sleep(1)
     s3.stop_rgw()
     try:
