@@ -239,7 +239,8 @@ def test_short_reads_from_a_pipe(small_stream: tuple[bytes, list[bytes]]) -> Non
 def test_a_stream_cut_inside_a_payload_read_from_a_real_pipe_is_truncated() -> None:
     """A payload bigger than a pipe's capacity arrives in pieces (read into one buffer);
     cut inside it, the reader says the stream is truncated, whatever reads it (raw,
-    buffered, or hashing the file as lvpatch does by default)."""
+    buffered, or hashing the file as lvpatch does by default: its SHA-256 helper thread
+    still holds a view of the last piece when the reader finds the end)."""
     from lvdiff.stream.digest import Digest, HashingReader
 
     payload = random.Random(3).randbytes(3 << 20)  # incompressible: stored as it is
@@ -253,6 +254,7 @@ def test_a_stream_cut_inside_a_payload_read_from_a_real_pipe_is_truncated() -> N
             lambda f: f,
             lambda f: io.BufferedReader(f),
             lambda f: HashingReader(io.BufferedReader(f), Digest("sha256")),
+            lambda f: HashingReader(f, Digest("sha256")),
         ):
             r, wfd = os.pipe()
             feeder = concurrent.futures.ThreadPoolExecutor(1).submit(
@@ -261,6 +263,13 @@ def test_a_stream_cut_inside_a_payload_read_from_a_real_pipe_is_truncated() -> N
             with open(r, "rb", buffering=0) as raw, pytest.raises(TruncatedStream):
                 list(StreamReader(wrap(raw)))
             feeder.result()
+        r, wfd = os.pipe()  # as lvpatch reads its standard input
+        feeder = concurrent.futures.ThreadPoolExecutor(1).submit(
+            lambda wfd=wfd, cut=cut: (os.write(wfd, data[:cut]), os.close(wfd))
+        )
+        with open(r, "rb", buffering=0) as raw, pytest.raises(TruncatedStream):
+            list(StreamReader(raw, file_digest=Digest("sha256")))
+        feeder.result()
     r, wfd = os.pipe()
     feeder = concurrent.futures.ThreadPoolExecutor(1).submit(
         lambda: (os.write(wfd, data), os.close(wfd))

@@ -204,5 +204,11 @@ class HashingReader:
             self._h.update(data)
         return data
 
+    def readinto(self, buf: memoryview) -> int:
+        got = self._fp.readinto(buf) or 0
+        if got:
+            self._h.update(buf[:got])
+        return got
+
     def digest(self) -> StreamDigest:
         return StreamDigest(self.algorithm.value, self._h.hexdigest())

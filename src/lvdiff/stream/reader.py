@@ -163,23 +163,42 @@ class StreamReader:
 
     # -- low-level input
 
-    def _read_upto(self, n: int) -> bytes:
-        """Up to n bytes, fewer only at EOF; loops because pipes return short reads."""
+    def _read_upto(self, n: int) -> bytes | bytearray:
+        """Up to n bytes, fewer only at EOF; loops because pipes return short reads.
+
+        A pipe hands a 4 MiB payload over in pieces of its capacity: the rest is read
+        into one buffer of the payload's size, not gathered and joined (a second 4 MiB
+        allocation and copy, whose page faults cost more than the copy itself).
+        """
         first = self._fp.read(n)
         if len(first) == n or not first:
             self._pos += len(first)
             return first
-        parts = [first]
+        buf = bytearray(n)
         got = len(first)
-        while got < n:
-            chunk = self._fp.read(n - got)
-            if not chunk:
-                break
-            parts.append(chunk)
-            got += len(chunk)
-        data = b"".join(parts)
-        self._pos += len(data)
-        return data
+        buf[:got] = first
+        readinto = getattr(self._fp, "readinto", None)
+        with memoryview(buf) as view:
+            while got < n:
+                try:
+                    if readinto is None:
+                        raise NotImplementedError
+                    k = readinto(view[got:]) or 0
+                except NotImplementedError:  # a file-like object with read() only
+                    readinto = None
+                    chunk = self._fp.read(n - got)
+                    k = len(chunk)
+                    view[got : got + k] = chunk
+                if not k:
+                    break
+                got += k
+        self._pos += got
+        if got < n:
+            # Cut short (only at EOF): a copy, not a resize, because a digest's helper
+            # thread may still hold a view of the buffer and a bytearray with views
+            # cannot shrink (BufferError).
+            return bytes(buf[:got])
+        return buf
 
     def _read_exact(self, n: int, where: str) -> bytes:
         data = self._read_upto(n)
