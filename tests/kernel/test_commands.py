@@ -104,6 +104,9 @@ def test_commands_started_per_run_stay_within_the_targets(loop_vg, tmp_path):
     assert len(incremental) <= 7, report
     assert by_name(incremental)["lvchange"] == 2, report  # both on, both off: one command each
     assert len(two) - len(one) <= 4, report  # what one more unchanged volume costs
+    # the run's sends activated in one command and deactivated in one, whatever their number;
+    # the other two are the target's commits, one per restored volume
+    assert by_name(counts["lvsync, 2 volumes, first run"])["lvchange"] == 2 + 2, report
     # one reservation of the source pool's metadata snapshot for the whole run: the changed
     # volume is sent from the ranges its comparison spooled
     assert by_name(changed)["dmsetup"] == 3 and by_name(changed)["thin_delta"] == 2, report

@@ -59,8 +59,10 @@ class ModelVolumes:
     fail_snapshot: set[str] = field(default_factory=set)  # VG/LV whose snapshot fails
     fail_send: dict[str, BaseException] = field(default_factory=dict)  # snapshot name -> raised
     unchanged_all: bool = False  # every snapshot equals its base
+    fail_activate: bool = False  # the run's one activation fails
     locked: set[str] = field(default_factory=set)
     calls: Counter[str] = field(default_factory=Counter)  # how often each operation was asked
+    sent_active: list[bool] = field(default_factory=list)  # NEW and BASE active, per send
 
     def add(self, vg: str, name: str, **kw: Any) -> LV:
         lv = thin(vg, name, **kw)
@@ -91,6 +93,28 @@ class ModelVolumes:
             self.log.append(f"remove {lv.full_name}")
             del self.vgs[lv.vg][lv.name]
 
+    def activate(self, lvs: Sequence[LV]) -> list[LV]:
+        self.calls["activate"] += 1
+        if self.fail_activate:
+            raise CommandFailed(["lvchange", "-ay"], 5, "  Failed to activate.")
+        changed = [lv for lv in lvs if not lv.active]
+        for lv in changed:
+            lv.attr = lv.attr[:4] + "a" + lv.attr[5:]
+            kept = self.vgs[lv.vg][lv.name]
+            kept.attr = kept.attr[:4] + "a" + kept.attr[5:]
+        self.log.append("activate " + " ".join(lv.full_name for lv in changed))
+        return changed
+
+    def deactivate(self, lvs: Sequence[LV]) -> None:
+        self.calls["deactivate"] += 1
+        for lv in lvs:
+            kept = self.vgs[lv.vg][lv.name]
+            kept.attr = kept.attr[:4] + "-" + kept.attr[5:]
+        self.log.append("deactivate " + " ".join(lv.full_name for lv in lvs))
+
+    def active(self, vg: str) -> list[str]:
+        return sorted(n for n, lv in self.vgs.get(vg, {}).items() if lv.active)
+
     def unchanged(self, pairs: Sequence[tuple[LV, LV]]) -> set[str]:
         self.calls["unchanged"] += 1
         self.log.append("compare " + " ".join(new.full_name for _, new in pairs))
@@ -103,6 +127,7 @@ class ModelVolumes:
         if new in self.fail_send:
             raise self.fail_send[new]
         lv = self.vgs[vg][new]
+        self.sent_active.append(lv.active and (base is None or self.vgs[vg][base].active))
         identity = lineage.source_identity(lv)
         if out is None:
             return SimpleNamespace(identity=identity)

@@ -260,6 +260,37 @@ def test_a_run_over_many_unchanged_volumes_costs_one_snapshot_and_one_compare_ea
     assert lvm_model.calls == {"listing": 2, "snapshot": 100, "unchanged": 1, "remove": 1}
 
 
+def test_a_runs_sends_are_activated_in_one_command_and_deactivated_in_one(lvm_model, target_model):
+    """Issue 22: NEW and BASE of every send active when it is read, made so by one lvchange
+    per run (not two per volume), and inactive again after the run."""
+    names = [f"vol{i:03d}" for i in range(100)]
+    for n in names:
+        lvm_model.add("vg0", n)
+    for night in range(2):  # full, then incremental from the first night's snapshots
+        lvm_model.calls.clear()
+        outcomes, _ = sync(
+            lvm_model, target_model, *(f"vg0/{n}" for n in names), when=T0 + timedelta(days=night)
+        )
+        assert {o.status for o in outcomes} == {"synced"}
+        assert (lvm_model.calls["activate"], lvm_model.calls["deactivate"]) == (1, 1)
+        assert lvm_model.calls["listing"] == 2 and lvm_model.calls["send"] == 100
+        assert lvm_model.active("vg0") == names  # the sources only: every snapshot inactive
+    assert lvm_model.sent_active == [True] * 200
+    assert all(o.base for o in outcomes)
+
+
+def test_if_that_activation_fails_each_send_still_goes_and_nothing_stays_active(
+    lvm_model, target_model
+):
+    lvm_model.add("vg0", "a")
+    lvm_model.add("vg0", "b")
+    lvm_model.fail_activate = True
+    outcomes, notes = sync(lvm_model, target_model, "vg0/a", "vg0/b")
+    assert [o.status for o in outcomes] == ["synced", "synced"]
+    assert any("could not activate" in n for n in notes)
+    assert lvm_model.calls["deactivate"] == 1 and lvm_model.active("vg0") == ["a", "b"]
+
+
 def test_a_dry_run_changes_nothing(lvm_model, target_model):
     lvm_model.add("vg0", "vol0")
     sync(lvm_model, target_model, "vg0/vol0")

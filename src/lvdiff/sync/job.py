@@ -125,6 +125,7 @@ class _Run:
         self.taken: dict[str, lvm.LV] = {}  # this run's snapshots, by VG/LV
         self.started: set[str] = set()  # sources whose send started
         self.same: dict[str, lvm.LV] = {}  # sources whose snapshot equalled this base: dropped
+        self.activated: list[lvm.LV] = []  # made active for this run's sends, by this run
 
     # -- the run
 
@@ -145,6 +146,7 @@ class _Run:
                     self._guarded(name, self._resume_pending)
                 self._take_snapshots()
                 self._find_unchanged()
+                self._activate_sends()
                 for name in self._live():
                     self._guarded(name, self._sync_one)
         except LvdiffError as e:  # the target or the hooks: every source not yet done
@@ -153,6 +155,7 @@ class _Run:
                     o.fail(e)
         finally:
             try:
+                self._deactivate()
                 self._remove_unsent()
             finally:
                 job.target.close()
@@ -351,6 +354,42 @@ class _Run:
                 continue
             for n in names:
                 self._forget(vg, self.taken.pop(n).name)
+
+    def _activate_sends(self) -> None:
+        """NEW and BASE of every send of the run made active in one command per VG, and
+        deactivated in one at its end, instead of an ``lvchange`` pair for each send (each
+        a scan of the VG).  If that one command fails, each send activates its own."""
+        if self.job.dry_run:
+            return
+        by_vg: dict[str, dict[str, lvm.LV]] = {}
+        for name in self._live():
+            new = self.taken.get(name)
+            if new is None or name in self.same:
+                continue
+            for lv in (new, self._base(name)):
+                if lv is not None and not lv.active:
+                    by_vg.setdefault(lv.vg, {})[lv.name] = lv
+        for lvs in by_vg.values():
+            wanted = list(lvs.values())
+            try:
+                self.activated += self.vols.activate(wanted)
+            except LvdiffError as e:
+                self.activated += wanted  # some may be active now: deactivated at the end
+                self.report(Note(f"could not activate the volumes to send at once ({e})"))
+
+    def _deactivate(self) -> None:
+        """What :meth:`_activate_sends` activated and the run did not remove, inactive again."""
+        present = {(lv.vg, lv.name) for lvs in self.listings.values() for lv in lvs}
+        by_vg: dict[str, list[lvm.LV]] = {}
+        for lv in self.activated:
+            if (lv.vg, lv.name) in present:
+                by_vg.setdefault(lv.vg, []).append(lv)
+        self.activated = []
+        for vg, lvs in by_vg.items():
+            try:
+                self.vols.deactivate(lvs)
+            except LvdiffError as e:
+                self.report(Note(f"could not deactivate the volumes sent from {vg}: {e}"))
 
     def _sync_one(self, name: str) -> None:
         job, src, out = self.job, self.sources[name], self.outcomes[name]

@@ -42,6 +42,15 @@ class Volumes(Protocol):
         """Remove ``lvs`` (of one VG), in one command."""
         ...
 
+    def activate(self, lvs: Sequence[lvm.LV]) -> list[lvm.LV]:
+        """Make the inactive ones of ``lvs`` (of one VG) active, in one command; those it
+        activated, marked active.  A send finds them active and leaves them so."""
+        ...
+
+    def deactivate(self, lvs: Sequence[lvm.LV]) -> None:
+        """Deactivate ``lvs`` (of one VG), in one command."""
+        ...
+
     def unchanged(self, pairs: Sequence[tuple[lvm.LV, lvm.LV]]) -> set[str]:
         """The full names of the NEWs of the (BASE, NEW) pairs that hold what their BASE
         holds, from the pool's metadata alone (one reservation per pool)."""
@@ -112,6 +121,12 @@ class LvmVolumes:
 
     def remove(self, *lvs: lvm.LV) -> None:
         lvm.remove(*lvs)
+
+    def activate(self, lvs: Sequence[lvm.LV]) -> list[lvm.LV]:
+        return lvm.activate(*lvs)
+
+    def deactivate(self, lvs: Sequence[lvm.LV]) -> None:
+        lvm.deactivate(*lvs)
 
     def unchanged(self, pairs: Sequence[tuple[lvm.LV, lvm.LV]]) -> set[str]:
         from ..dump import compare
